@@ -1,0 +1,1 @@
+"""Code shared by two or more papers: downloads, datasets and utilities."""

@@ -1,0 +1,124 @@
+"""torchrun/DDP initialisation, data samplers and rank-0 helpers.
+
+Scripts call `init_distributed()` once. Launched by plain `python`, it returns
+a single-process context and nothing else changes; launched by
+`torchrun --nproc_per_node=N`, it joins the process group that torchrun's
+environment variables describe (NCCL on GPUs, gloo on CPUs).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, SequentialSampler
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class DistContext:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def init_distributed(backend: str | None = None) -> DistContext:
+    """Join torchrun's process group if this process was launched by torchrun."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1:
+        return DistContext()
+    rank = int(os.environ["RANK"])
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if not dist.is_initialized():
+        if backend is None:
+            backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if backend == "nccl":
+            torch.cuda.set_device(local_rank)
+        dist.init_process_group(backend=backend)
+    log.info("joined process group: rank %d of %d", rank, world_size)
+    return DistContext(rank=rank, world_size=world_size, local_rank=local_rank)
+
+
+def shutdown_distributed() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier(ctx: DistContext) -> None:
+    if ctx.enabled:
+        dist.barrier()
+
+
+def all_reduce_sum(tensor: torch.Tensor, ctx: DistContext) -> torch.Tensor:
+    """Sum `tensor` over all ranks in place and return it."""
+    if ctx.enabled:
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def broadcast_object(obj, ctx: DistContext):
+    """Return rank 0's `obj` on every rank."""
+    if not ctx.enabled:
+        return obj
+    holder = [obj]
+    dist.broadcast_object_list(holder, src=0)
+    return holder[0]
+
+
+def make_loader(
+    dataset: Dataset,
+    batch_size: int,
+    *,
+    shuffle: bool,
+    seed: int,
+    epoch: int = 0,
+    ctx: DistContext = DistContext(),
+    drop_last: bool = False,
+) -> DataLoader:
+    """Build a DataLoader whose order depends only on (seed, epoch).
+
+    Under DDP each rank reads its own shard through DistributedSampler and
+    `batch_size` is the global batch, split evenly over ranks. The order being
+    a function of (seed, epoch) is what lets a resumed run repeat the batches of
+    an uninterrupted one.
+    """
+    if batch_size % ctx.world_size != 0:
+        raise ValueError(
+            f"global batch size {batch_size} is not divisible by world size {ctx.world_size}; "
+            "choose a batch size that is a multiple of the number of processes"
+        )
+    per_rank = batch_size // ctx.world_size
+    if ctx.enabled:
+        sampler = DistributedSampler(dataset, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=shuffle, seed=seed, drop_last=drop_last)
+        sampler.set_epoch(epoch)
+    elif shuffle:
+        generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+        sampler = RandomSampler(dataset, generator=generator)
+    else:
+        sampler = SequentialSampler(dataset)
+    return DataLoader(dataset, batch_size=per_rank, sampler=sampler, drop_last=drop_last)
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """Return the module inside a DistributedDataParallel wrapper."""
+    return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+
+
+def wrap_ddp(model: torch.nn.Module, device: torch.device, ctx: DistContext) -> torch.nn.Module:
+    """Wrap `model` in DistributedDataParallel when running under torchrun."""
+    if not ctx.enabled:
+        return model
+    device_ids = [device.index] if device.type == "cuda" else None
+    return torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
