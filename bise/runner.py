@@ -115,6 +115,7 @@ def run_experiment(
             "rho": config.data.rho,
             "data_source": config.data.source,
             "precision": config.precision,
+            "config": to_dict(config),
             "results": results,
             **run_metadata(
                 config_hash=config.hash(), seed=config.seed, scale=config.scale,
@@ -145,7 +146,7 @@ def _evaluate(model, splits: BiasedMNISTSplits, config: ExperimentConfig, device
 
 
 def _run_vanilla(config, splits, run_dir, device, ctx) -> dict:
-    model = train_vanilla(config, splits.train, run_dir, device, ctx)
+    model = train_vanilla(config, splits.train, run_dir, device, ctx, val_set=splits.val)
     if ctx.is_main:
         save_safetensors(run_dir / "model.safetensors", model.state_dict())
     masks = [torch.ones(width, dtype=torch.bool) for width in model.widths]

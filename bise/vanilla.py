@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from bise.config import ExperimentConfig
-from bise.engine import build_model, progress
+from bise.engine import build_model, evaluate_accuracy, progress
 from bise.models import SimpleConvNet
 from common.checkpoint import load_checkpoint, save_checkpoint
 from common.data.biased_mnist import BiasedMNIST
@@ -20,9 +20,17 @@ log = logging.getLogger(__name__)
 
 
 def train_vanilla(
-    config: ExperimentConfig, train_set: BiasedMNIST, run_dir: Path, device: torch.device, ctx: DistContext
+    config: ExperimentConfig,
+    train_set: BiasedMNIST,
+    run_dir: Path,
+    device: torch.device,
+    ctx: DistContext,
+    val_set: BiasedMNIST | None = None,
 ) -> SimpleConvNet:
-    """Train SimpleConvNet with SGD and step decay, resuming from run_dir/checkpoint.pt."""
+    """Train SimpleConvNet with SGD and step decay, resuming from run_dir/checkpoint.pt.
+
+    The last epoch's model is returned; `val_set` is only evaluated for the log.
+    """
     recipe = config.train
     torch.manual_seed(config.seed)
     model = build_model(config).to(device)
@@ -61,9 +69,13 @@ def train_vanilla(
             seen += len(targets)
         scheduler.step()
         if ctx.is_main:
+            val_text = ""
+            if val_set is not None:
+                val = evaluate_accuracy(model, val_set, device, config.precision, config.eval_batch_size)
+                val_text = f", val unbiased {val['unbiased']:.2f}%"
             log.info(
-                "vanilla epoch %d/%d: loss %.4f, train accuracy %.2f%%, lr %.4g",
-                epoch + 1, recipe.epochs, loss_sum / max(seen, 1), 100.0 * correct / max(seen, 1), scheduler.get_last_lr()[0],
+                "vanilla epoch %d/%d: loss %.4f, train accuracy %.2f%%, lr %.4g%s",
+                epoch + 1, recipe.epochs, loss_sum / max(seen, 1), 100.0 * correct / max(seen, 1), scheduler.get_last_lr()[0], val_text,
             )
             save_checkpoint(
                 checkpoint_path,

@@ -100,6 +100,11 @@ class BiasedMNIST(Dataset):
         return self.aligned.float().mean().item()
 
 
+def build_test_set(digits: DigitArrays, seed: int = 0) -> BiasedMNIST:
+    """The unbiased (rho = 0.1) test set that build_splits makes for the same seed."""
+    return BiasedMNIST(digits.test_images, digits.test_targets, UNBIASED_RHO, seed + 2)
+
+
 @dataclasses.dataclass
 class BiasedMNISTSplits:
     train: BiasedMNIST
@@ -140,5 +145,5 @@ def build_splits(
     val = None
     if val_size > 0:
         val = BiasedMNIST(digits.train_images[val_indices], digits.train_targets[val_indices], UNBIASED_RHO, seed + 1)
-    test = BiasedMNIST(digits.test_images, digits.test_targets, UNBIASED_RHO, seed + 2)
+    test = build_test_set(digits, seed)
     return BiasedMNISTSplits(train=train, val=val, test=test, train_indices=train_indices, val_indices=val_indices)

@@ -1,0 +1,44 @@
+# Entry points. On a fresh clone, `make reproduce-bise` and `make test` are
+# enough: every target installs the virtual environment first when needed.
+
+PYTHON_BOOTSTRAP ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+SCALE ?= smoke
+RHO ?=
+DATA ?=
+SEEDS ?=
+
+.PHONY: setup test test-fast tables check-tables reproduce-bise bench-bise lint clean-runs
+
+setup: $(STAMP)
+
+$(STAMP): requirements.txt bise/requirements.txt pyproject.toml
+	@command -v $(PYTHON_BOOTSTRAP) >/dev/null || { echo "error: $(PYTHON_BOOTSTRAP) not found; install Python 3.11 or run make PYTHON_BOOTSTRAP=/path/to/python3.11"; exit 1; }
+	test -x $(PY) || $(PYTHON_BOOTSTRAP) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+test: setup
+	$(PY) -m pytest -q --durations=10
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow"
+
+tables: setup
+	$(PY) -m bise.tables
+
+check-tables: setup
+	$(PY) -m bise.tables --check
+
+reproduce-bise: setup
+	SCALE=$(SCALE) RHO="$(RHO)" DATA="$(DATA)" SEEDS="$(SEEDS)" PYTHON=$(PY) bash bise/scripts/reproduce.sh
+
+bench-bise: setup
+	$(PY) -m bise.bench
+
+clean-runs:
+	rm -rf runs/bise

@@ -1,0 +1,198 @@
+"""Throughput of BISE's stages on this machine; writes benchmarks/bise.md and .json.
+
+    python -m bise.bench            # or: make bench-bise
+
+Measures images/s of vanilla training and gate training (fp32 and bf16
+autocast), the time of one C_aux refinement with cached and uncached
+features, and the inference time of the physically pruned network against
+the gated one at batch 256, next to their MFLOPs ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from bise.aux import train_aux
+from bise.losses import batch_mutual_information, reweighted_cross_entropy
+from bise.models import BiasClassifier, SimpleConvNet
+from bise.prune import count_macs, export_pruned, random_masks
+from common.data.biased_mnist import build_splits
+from common.data.mnist import load_embedded_mnist
+from common.device import autocast, choose_device, describe_device
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _timed(function, repeats: int) -> float:
+    """Median wall time (s) of `function` over `repeats` calls, after one warm-up call."""
+    function()
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - started)
+    return sorted(times)[len(times) // 2]
+
+
+def bench_training(device, precision: str, batch_size: int, repeats: int) -> dict[str, float]:
+    torch.manual_seed(0)
+    images = torch.randn(batch_size, 3, 28, 28, device=device)
+    targets = torch.randint(0, 10, (batch_size,), device=device)
+    bias = torch.randint(0, 10, (batch_size,), device=device)
+
+    model = SimpleConvNet().to(device).train()
+    for parameter in model.gate_parameters():
+        parameter.requires_grad_(False)
+    optimizer = torch.optim.SGD(model.weight_parameters(), lr=0.01, momentum=0.9)
+
+    def vanilla_step():
+        with autocast(device, precision):
+            loss = F.cross_entropy(model(images).float(), targets)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    gated = SimpleConvNet().to(device).eval()
+    gated.set_gates_active(True)
+    for parameter in gated.weight_parameters():
+        parameter.requires_grad_(False)
+    aux = BiasClassifier(128, 10).to(device)
+    for parameter in aux.parameters():
+        parameter.requires_grad_(False)
+    gate_optimizer = torch.optim.SGD(gated.gate_parameters(), lr=0.01, momentum=0.9)
+
+    def gate_step():
+        with autocast(device, precision):
+            logits, z = gated(images, return_features=True)
+        loss = reweighted_cross_entropy(logits, targets, bias, 0.99, 10)
+        loss = loss + batch_mutual_information(aux(z.float()), bias, 10)
+        gate_optimizer.zero_grad()
+        loss.backward()
+        gate_optimizer.step()
+
+    return {
+        "vanilla_images_per_s": batch_size / _timed(vanilla_step, repeats),
+        "gates_images_per_s": batch_size / _timed(gate_step, repeats),
+    }
+
+
+def bench_aux(device, precision: str, num_samples: int, epochs: int) -> dict[str, float]:
+    splits = build_splits(load_embedded_mnist(), 0.99, seed=0, val_size=0, train_size=num_samples)
+    model = SimpleConvNet().to(device).eval()
+    model.set_keep_masks(random_masks(model.widths, [12, 24, 48, 96], seed=0))
+    indices = torch.arange(num_samples)
+    timings = {}
+    for cached in (True, False):
+        aux = BiasClassifier(128, 10).to(device)
+        started = time.perf_counter()
+        train_aux(aux, model, splits.train, indices, epochs=epochs, batch_size=100, lr=0.1, momentum=0.9,
+                  weight_decay=1e-4, seed=0, device=device, precision=precision, cache_features=cached)
+        timings["cached_s" if cached else "uncached_s"] = time.perf_counter() - started
+    timings["speedup"] = timings["uncached_s"] / timings["cached_s"]
+    timings.update(num_samples=num_samples, epochs=epochs)
+    return timings
+
+
+def bench_inference(device, batch_size: int, repeats: int, kept_fraction: float) -> dict[str, float]:
+    torch.manual_seed(0)
+    gated = SimpleConvNet().eval()
+    kept = [max(1, round(width * kept_fraction)) for width in gated.widths]
+    masks = random_masks(gated.widths, kept, seed=0)
+    gated.set_keep_masks(masks)
+    pruned = export_pruned(gated, masks)
+    gated, pruned = gated.to(device), pruned.to(device)
+    images = torch.randn(batch_size, 3, 28, 28, device=device)
+    with torch.no_grad():
+        gated_s = _timed(lambda: gated(images), repeats)
+        pruned_s = _timed(lambda: pruned(images), repeats)
+    macs_ratio = count_macs(pruned.cpu()) / count_macs(SimpleConvNet())
+    time_ratio = pruned_s / gated_s
+    return {
+        "batch_size": batch_size,
+        "kept_per_layer": kept,
+        "gated_s": gated_s,
+        "pruned_s": pruned_s,
+        "time_ratio": time_ratio,
+        "macs_ratio": macs_ratio,
+        "time_ratio_over_macs_ratio": time_ratio / macs_ratio,
+    }
+
+
+def render(results: dict) -> str:
+    training = results["training"]
+    aux = results["aux"]
+    lines = [
+        "# BISE benchmarks",
+        "",
+        f"Command: `{results['command']}`. Machine: {results['machine']}; torch {results['torch']}, "
+        f"{results['threads']} threads. Median of repeated timings; random inputs of shape 3x28x28.",
+        "",
+        "## Training throughput (SimpleConvNet, batch 100)",
+        "",
+        "| precision | vanilla training (images/s) | gate training (images/s) |",
+        "|---|---|---|",
+    ]
+    for precision, values in training.items():
+        lines.append(f"| {precision} | {values['vanilla_images_per_s']:.0f} | {values['gates_images_per_s']:.0f} |")
+    lines += [
+        "",
+        f"## C_aux refinement ({aux['epochs']} epochs on {aux['num_samples']} digits, {results['aux_precision']})",
+        "",
+        "| features | time (s) |",
+        "|---|---|",
+        f"| cached once per refinement | {aux['cached_s']:.2f} |",
+        f"| recomputed for every batch | {aux['uncached_s']:.2f} |",
+        f"| speed-up | {aux['speedup']:.1f}x |",
+        "",
+        "## Inference of the pruned network against the gated one (fp32)",
+        "",
+        "| kept fraction | kept channels per layer | batch | gated (ms) | pruned (ms) | time ratio | MFLOPs ratio | time ratio / MFLOPs ratio |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in results["inference"]:
+        lines.append(
+            f"| {row['kept_fraction']:.2f} | {row['kept_per_layer']} | {row['batch_size']} | {1000 * row['gated_s']:.1f} | "
+            f"{1000 * row['pruned_s']:.1f} | {row['time_ratio']:.3f} | {row['macs_ratio']:.3f} | {row['time_ratio_over_macs_ratio']:.2f} |"
+        )
+    lines += ["", "Target: time ratio / MFLOPs ratio at most 1.2 at batch 256 on CPU.", ""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--repeats", type=int, default=5, help="timed repetitions per measurement")
+    parser.add_argument("--output", type=Path, default=REPO_ROOT / "benchmarks" / "bise.md")
+    args = parser.parse_args(argv)
+
+    device = choose_device(args.device)
+    precisions = ["fp32", "bf16"]
+    results = {
+        "command": "make bench-bise",
+        "machine": f"{describe_device(device)}, {platform.machine()}",
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "training": {precision: bench_training(device, precision, 100, args.repeats) for precision in precisions},
+        "aux_precision": "bf16",
+        "aux": bench_aux(device, "bf16", num_samples=1000, epochs=5),
+        "inference": [
+            {"kept_fraction": fraction, **bench_inference(device, 256, args.repeats, fraction)} for fraction in (0.65, 0.5)
+        ],
+    }
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(render(results))
+    args.output.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
+    print(render(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
