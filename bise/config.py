@@ -138,6 +138,8 @@ def load_config(path: str | Path, overrides: dict[str, object] | None = None) ->
     """Read a YAML config, apply dotted-key overrides and validate it."""
     path = Path(path)
     values = load_yaml(path)
+    if "name" not in values:
+        raise ConfigError(f"{path}: missing key 'name'; files starting with '_' are shared bases, not experiments")
     overrides = dict(overrides or {})
     source = overrides.get("data.source")
     if source is not None and source != values.get("data", {}).get("source", DataConfig.source):

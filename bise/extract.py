@@ -127,6 +127,8 @@ class BiseRun:
     def load_state_dict(self, state: dict) -> None:
         self.next_step = state["next_step"]
         self.model.load_state_dict(state["model"])
+        if self.next_step > 0:
+            self.model.set_tau(self.steps[self.next_step - 1].tau)  # tau is not part of the state dict
         self.gate_optimizer.load_state_dict(state["gate_optimizer"])
         self.aux.load_state_dict(state["aux"])
         if state["finetuned"] is not None:

@@ -37,7 +37,7 @@ class ChannelGate(nn.Module):
             return h
         soft = self.soft()
         hard = (soft >= 0.5).to(soft.dtype)
-        gate = hard + soft - soft.detach()  # value: hard; gradient: that of soft
+        gate = hard + (soft - soft.detach())  # value: exactly hard; gradient: that of soft
         shape = (1, -1) + (1,) * (h.dim() - 2)
         return h * gate.view(shape).to(h.dtype)
 

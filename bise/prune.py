@@ -54,8 +54,13 @@ def export_pruned(model: SimpleConvNet, masks: list[torch.Tensor]) -> SimpleConv
     return pruned.eval()
 
 
-def count_macs(model: torch.nn.Module, input_shape=(1, 3, 28, 28)) -> int:
-    """Multiply-accumulates of one forward pass, counted by torch.utils.flop_counter (FLOPs / 2)."""
+def count_macs(model: SimpleConvNet, input_shape: tuple[int, ...] | None = None) -> int:
+    """Multiply-accumulates of one forward pass, counted by torch.utils.flop_counter (FLOPs / 2).
+
+    The default input is one 28x28 image with the model's number of input channels.
+    """
+    if input_shape is None:
+        input_shape = (1, model.in_channels, 28, 28)
     counter = FlopCounterMode(display=False)
     device = next(model.parameters()).device
     with torch.no_grad(), counter:
@@ -70,7 +75,7 @@ def count_weights(model: torch.nn.Module) -> int:
 
 def sparsity_report(model: SimpleConvNet, masks: list[torch.Tensor]) -> dict[str, float]:
     """Share of channels and of weights removed (%), and MMACs of the dense and the pruned network."""
-    dense = SimpleConvNet(num_classes=model.fc.out_features, widths=model.widths, kernel_size=model.kernel_size)
+    dense = SimpleConvNet(num_classes=model.fc.out_features, widths=model.widths, kernel_size=model.kernel_size, in_channels=model.in_channels)
     pruned = export_pruned(model, masks)
     channels_total = sum(mask.numel() for mask in masks)
     channels_kept = sum(int(mask.sum()) for mask in masks)

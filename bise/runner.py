@@ -18,7 +18,7 @@ from bise.engine import build_data, build_model, evaluate_accuracy
 from bise.extract import BiseRun
 from bise.prune import export_pruned, magnitude_masks, random_masks, save_pruned, sparsity_report
 from bise.vanilla import train_vanilla
-from common.checkpoint import load_safetensors, save_safetensors
+from common.checkpoint import load_checkpoint, load_safetensors, save_safetensors
 from common.config import ConfigError, to_dict
 from common.data.biased_mnist import BiasedMNISTSplits
 from common.device import choose_device, describe_device, enable_tf32, set_deterministic
@@ -86,6 +86,8 @@ def run_experiment(
         dependency = _with_seed(dependency, config.seed, overrides)
         run_experiment(dependency, runs_root=runs_root, overrides=overrides, ctx=ctx, data_cache=data_cache)
 
+    if (run_dir / "checkpoint.pt").exists():
+        load_checkpoint(run_dir / "checkpoint.pt", config.hash())  # reject another config's run before touching it
     run_dir.mkdir(parents=True, exist_ok=True)
     handler = _attach_log_file(run_dir, ctx)
     try:

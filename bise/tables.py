@@ -53,7 +53,8 @@ def load_paper_numbers() -> dict:
 
 def setting_key(record: dict) -> tuple:
     data = record["config"]["data"]
-    return (record["scale"], data["source"], data["rho"], data["train_size"], record["config"]["train"]["epochs"])
+    train = record["config"]["train"]
+    return (record["scale"], data["source"], data["rho"], data["train_size"], f"{train['epochs']} ep, lr {train['lr']:g}")
 
 
 def ablation_variant(record: dict) -> str | None:
@@ -96,11 +97,11 @@ def summarise(values: list[float], digits: int = 1) -> str:
 
 
 def describe_setting(key: tuple) -> list[str]:
-    scale, source, rho, train_size, epochs = key
+    scale, source, rho, train_size, recipe = key
     data = {"embedded": "embedded 5k", "full": "full MNIST"}[source]
     if train_size:
         data += f", {train_size} train"
-    return [scale, data, f"{rho:g}", str(epochs)]
+    return [scale, data, f"{rho:g}", recipe]
 
 
 def provenance(rows: list[dict]) -> str:
@@ -122,7 +123,7 @@ ABLATION_LABELS = {
 
 
 def main_table(table: dict, paper: dict) -> str:
-    header = ["scale", "data", "rho", "vanilla epochs", "method", "unbiased", "aligned", "conflicting",
+    header = ["scale", "data", "rho", "vanilla recipe", "method", "unbiased", "aligned", "conflicting",
               "channels pruned %", "paper unbiased (paper scale)", "seeds; hardware"]
     rows = []
     for key in sorted_settings(table):
@@ -144,7 +145,7 @@ def main_table(table: dict, paper: dict) -> str:
 
 
 def sparsity_table(table: dict, paper: dict) -> str:
-    header = ["scale", "data", "rho", "vanilla epochs", "method", "channels pruned %", "weights pruned %",
+    header = ["scale", "data", "rho", "vanilla recipe", "method", "channels pruned %", "weights pruned %",
               "MFLOPs dense", "MFLOPs pruned", "paper (paper scale): pruned % / MFLOPs"]
     rows = []
     for key in sorted_settings(table):
@@ -166,7 +167,7 @@ def sparsity_table(table: dict, paper: dict) -> str:
 
 
 def ablation_table(table: dict, paper: dict) -> str:
-    header = ["scale", "data", "rho", "vanilla epochs", "variant", "unbiased", "conflicting", "channels pruned %",
+    header = ["scale", "data", "rho", "vanilla recipe", "variant", "unbiased", "conflicting", "channels pruned %",
               "MFLOPs", "paper (paper scale, rho 0.99): acc / pruned % / MFLOPs"]
     rows = []
     for key in sorted_settings(table):

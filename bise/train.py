@@ -18,7 +18,9 @@ import yaml
 
 from bise.config import DATA_SOURCES, load_config
 from bise.runner import DEFAULT_RUNS_ROOT, run_experiment
+from common.checkpoint import CheckpointMismatchError
 from common.config import ConfigError
+from common.download import DownloadError
 from common.distributed import init_distributed, shutdown_distributed
 
 
@@ -57,6 +59,9 @@ def main(argv: list[str] | None = None) -> int:
     ctx = init_distributed()
     try:
         metrics = run_experiment(config, runs_root=args.runs_root, overrides=overrides, ctx=ctx)
+    except (ConfigError, CheckpointMismatchError, DownloadError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     finally:
         shutdown_distributed()
     if ctx.is_main:

@@ -25,12 +25,16 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
         raise
 
 
+class CheckpointMismatchError(RuntimeError):
+    """A checkpoint written by a run of another config."""
+
+
 def load_checkpoint(path: Path, expected_hash: str | None = None) -> dict[str, Any]:
     """Load a checkpoint saved by save_checkpoint; reject one from another config."""
     state = torch.load(path, map_location="cpu", weights_only=True)
     found = state.get("config_hash")
     if expected_hash is not None and found != expected_hash:
-        raise RuntimeError(
+        raise CheckpointMismatchError(
             f"checkpoint {path} was written by a run with config hash {found}, but this config hashes to "
             f"{expected_hash}; delete {Path(path).parent} to start over, or run the config that wrote it"
         )

@@ -91,7 +91,9 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
         (item_type, *_) = typing.get_args(hint) or (Any,)
         items = [_coerce(item, item_type, where) for item in value]
         return tuple(items) if origin is tuple else items
-    if hint is float and isinstance(value, (int, float, str)) and not isinstance(value, bool):
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise ConfigError(f"{where}: expected a number, found {value!r}")
         try:
             return float(value)
         except ValueError:

@@ -17,7 +17,7 @@ SCALE=${SCALE:-smoke}
 PYTHON=${PYTHON:-python}
 NPROC=${NPROC:-1}
 case "$SCALE" in
-  smoke) RHO=${RHO:-"0.99 0.997"}; SEEDS=${SEEDS:-"0"}; EXTRA_CONFIGS="bise_rho0.5_vanilla_learns_shape" ;;
+  smoke) RHO=${RHO:-"0.99 0.997"}; SEEDS=${SEEDS:-"0"}; EXTRA_CONFIGS="bise_rho0.5" ;;
   paper) RHO=${RHO:-"0.99 0.995 0.997"}; SEEDS=${SEEDS:-"0 1 2"}; EXTRA_CONFIGS="" ;;
   *) echo "error: SCALE must be smoke or paper, got '$SCALE'" >&2; exit 2 ;;
 esac

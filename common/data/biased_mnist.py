@@ -3,7 +3,7 @@
 Each digit is binarised and drawn in white on a background of one palette
 colour. In a set with bias ratio rho, exactly int(rho * n_c) of the n_c digits
 of class c get the colour of class c (bias-aligned); the others are cut into
-near-equal chunks, one for each of the 9 other colours in a shuffled order
+9 chunks whose sizes differ by at most one, one for each of the 9 other colours in a shuffled order
 (bias-conflicting). rho = 0.1 therefore makes colour independent of the digit,
 which is how the unbiased validation and test sets are built.
 """
@@ -11,8 +11,6 @@ which is how the unbiased validation and test sets are built.
 from __future__ import annotations
 
 import dataclasses
-import math
-
 import numpy as np
 import torch
 from torch.utils.data import Dataset
@@ -61,9 +59,8 @@ def assign_bias_labels(targets: torch.Tensor, rho: float, rng: np.random.Generat
             continue
         other_labels = [(label + step) % NUM_CLASSES for step in range(1, NUM_CLASSES)]
         rng.shuffle(other_labels)
-        chunk = math.ceil(len(conflicting) / len(other_labels))
-        for position, start in enumerate(range(0, len(conflicting), chunk)):
-            bias[conflicting[start : start + chunk]] = other_labels[position]
+        for colour, chunk in zip(other_labels, np.array_split(conflicting, len(other_labels))):
+            bias[chunk] = colour
     return torch.from_numpy(bias).long()
 
 
