@@ -2,9 +2,9 @@
 
     python -m bise.bench            # or: make bench-bise
 
-Measures images/s of vanilla training and gate training (fp32 and bf16
-autocast), the time of one C_aux refinement with cached and uncached
-features, and the inference time of the physically pruned network against
+Measures images/s of vanilla training and gate training, in fp32 and in
+bf16 autocast. Times one C_aux refinement with cached and with uncached
+features. Compares the inference time of the physically pruned network with
 the gated one at batch 256, next to their MFLOPs ratio.
 """
 

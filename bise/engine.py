@@ -7,7 +7,6 @@ import sys
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from bise.config import ExperimentConfig
@@ -16,7 +15,7 @@ from bise.models import SimpleConvNet
 from common.data.biased_mnist import NUM_CLASSES, BiasedMNIST, BiasedMNISTSplits, build_splits
 from common.data.mnist import load_digits
 from common.device import autocast
-from common.distributed import DistContext
+from common.distributed import DistContext, make_loader
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +53,7 @@ def evaluate_accuracy(
     model.eval()
     correct = torch.zeros(2, dtype=torch.long)  # [conflicting, aligned]
     count = torch.zeros(2, dtype=torch.long)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    loader = make_loader(dataset, batch_size, shuffle=False, seed=0)
     for images, targets, bias in loader:
         with autocast(device, precision):
             logits = model(images.to(device, non_blocking=True))

