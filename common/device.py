@@ -65,7 +65,18 @@ def describe_device(device: torch.device) -> str:
     """Return a human-readable hardware name for run records."""
     if device.type == "cuda":
         return f"{torch.cuda.get_device_name(device)} x{torch.cuda.device_count()}"
+    return f"CPU {cpu_model_name()}, {torch.get_num_threads()} threads"
+
+
+def cpu_model_name() -> str:
+    """Return the CPU model from /proc/cpuinfo on Linux, else the platform's processor string."""
     import platform
 
-    cpu = platform.processor() or platform.machine()
-    return f"CPU {cpu}, {torch.get_num_threads()} threads"
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
