@@ -29,7 +29,15 @@ from bise.models import BiasClassifier, SimpleConvNet
 from common.checkpoint import load_checkpoint, save_checkpoint
 from common.data.biased_mnist import NUM_CLASSES, BiasedMNISTSplits
 from common.device import autocast
-from common.distributed import DistContext, barrier, make_loader, unwrap, wrap_ddp
+from common.distributed import (
+    DistContext,
+    all_gather_tensor,
+    all_gather_with_grad,
+    barrier,
+    make_loader,
+    unwrap,
+    wrap_ddp,
+)
 
 log = logging.getLogger(__name__)
 
@@ -195,8 +203,15 @@ class BiseRun:
             loss = loss_ce
             mi = torch.zeros((), device=self.device)
             if cfg.gamma > 0:
-                selected = bias != targets if cfg.mi_conflicting_only else torch.ones_like(bias, dtype=torch.bool)
-                mi = batch_mutual_information(self.aux(z[selected].float()), bias[selected], NUM_CLASSES)
+                # Under DDP the MI is estimated on the global batch, as on one device.
+                bias_logits = all_gather_with_grad(self.aux(z.float()), self.ctx)
+                batch_bias = all_gather_tensor(bias, self.ctx)
+                batch_targets = all_gather_tensor(targets, self.ctx)
+                if cfg.mi_conflicting_only:
+                    selected = batch_bias != batch_targets
+                else:
+                    selected = torch.ones_like(batch_bias, dtype=torch.bool)
+                mi = batch_mutual_information(bias_logits[selected], batch_bias[selected], NUM_CLASSES)
                 loss = loss + cfg.gamma * mi
             self.gate_optimizer.zero_grad(set_to_none=True)
             loss.backward()

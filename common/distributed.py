@@ -68,6 +68,29 @@ def all_reduce_sum(tensor: torch.Tensor, ctx: DistContext) -> torch.Tensor:
     return tensor
 
 
+def all_gather_with_grad(tensor: torch.Tensor, ctx: DistContext) -> torch.Tensor:
+    """Concatenate every rank's `tensor` along dim 0; gradients flow back to each rank's part.
+
+    All ranks must pass tensors of the same shape. When every rank computes the
+    same loss from the gathered tensor, the backward pass sums the gradients of
+    all ranks, so DDP's averaging afterwards yields the gradient of that loss.
+    """
+    if not ctx.enabled:
+        return tensor
+    import torch.distributed.nn.functional as distributed_functional
+
+    return torch.cat(distributed_functional.all_gather(tensor), dim=0)
+
+
+def all_gather_tensor(tensor: torch.Tensor, ctx: DistContext) -> torch.Tensor:
+    """Concatenate every rank's `tensor` along dim 0, without gradients."""
+    if not ctx.enabled:
+        return tensor
+    parts = [torch.empty_like(tensor) for _ in range(ctx.world_size)]
+    dist.all_gather(parts, tensor.contiguous())
+    return torch.cat(parts, dim=0)
+
+
 def broadcast_object(obj, ctx: DistContext):
     """Return rank 0's `obj` on every rank."""
     if not ctx.enabled:
