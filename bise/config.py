@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 
-from common.config import ConfigError, config_hash, from_dict, load_yaml, to_dict
+from common.config import ConfigError, apply_overrides, config_hash, from_dict, load_yaml, to_dict
 from common.data.biased_mnist import check_rho
 from common.device import PRECISIONS
 
@@ -99,10 +100,12 @@ class ExperimentConfig:
     gates: GateConfig = GateConfig()
     finetune: FinetuneConfig = FinetuneConfig()
     path: str | None = None  # the file this config was read from, set by load_config
+    overrides: dict[str, str] = dataclasses.field(default_factory=dict)  # --set values, set by load_config
 
     def hash(self) -> str:
         values = to_dict(self)
         values.pop("path")
+        values.pop("overrides")
         return config_hash(values)
 
     def resolve(self, relative: str) -> Path:
@@ -111,45 +114,114 @@ class ExperimentConfig:
         return Path(self.path).parent / relative
 
 
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+# Overrides that keep the run's folder: the seed has a folder of its own and a
+# data source other than the config's adds "-<source>" to the name.
+FOLDER_KEEPING_OVERRIDES = ("seed", "data.source")
+# What vanilla training reads; a BISE run passes only these overrides on to its vanilla config.
+VANILLA_KEYS = ("seed", "device", "precision", "eval_batch_size")
+VANILLA_SECTIONS = ("data", "model", "train")
+
+
+def _require(condition: bool, where: str, message: str) -> None:
+    if not condition:
+        raise ConfigError(f"{where}: {message}")
+
+
 def validate(config: ExperimentConfig) -> ExperimentConfig:
+    """Reject values that would fail later or silently do nothing, naming the key and the fix."""
     where = config.path or config.name
-    if config.method not in METHODS:
-        raise ConfigError(f"{where}: unknown method {config.method!r}; expected one of {METHODS}")
-    if config.scale not in SCALES:
-        raise ConfigError(f"{where}: unknown scale {config.scale!r}; expected one of {SCALES}")
-    if config.data.source not in DATA_SOURCES:
-        raise ConfigError(f"{where}: unknown data.source {config.data.source!r}; expected one of {DATA_SOURCES}")
-    if config.precision not in PRECISIONS:
-        raise ConfigError(f"{where}: unknown precision {config.precision!r}; expected one of {PRECISIONS}")
+    _require(bool(NAME_PATTERN.fullmatch(config.name)), where,
+             f"name {config.name!r} must use letters, digits, '.', '_' or '-' only (it names the run folder)")
+    _require(config.method in METHODS, where, f"unknown method {config.method!r}; expected one of {METHODS}")
+    _require(config.scale in SCALES, where, f"unknown scale {config.scale!r}; expected one of {SCALES}")
+    _require(config.data.source in DATA_SOURCES, where, f"unknown data.source {config.data.source!r}; expected one of {DATA_SOURCES}")
+    _require(config.precision in PRECISIONS, where, f"unknown precision {config.precision!r}; expected one of {PRECISIONS}")
+    _require(bool(DEVICE_PATTERN.fullmatch(config.device)), where, f"device {config.device!r} is not one of auto, cpu, cuda, cuda:N, mps")
     try:
         check_rho(config.data.rho, "data.rho")
     except ValueError as error:
         raise ConfigError(f"{where}: {error}") from None
-    if config.method == "bise" and not config.vanilla_config:
-        raise ConfigError(f"{where}: method bise needs vanilla_config, the config of the vanilla model to prune")
-    if config.method in ("random", "magnitude") and not config.match_config:
-        raise ConfigError(f"{where}: method {config.method} needs match_config, the BISE config whose sparsity it matches")
-    if not 0 < config.gates.tau_factor < 1:
-        raise ConfigError(f"{where}: gates.tau_factor must lie in (0, 1), got {config.gates.tau_factor}")
+    _require(config.method != "bise" or bool(config.vanilla_config), where,
+             "method bise needs vanilla_config, the config of the vanilla model to prune")
+    _require(config.method not in ("random", "magnitude") or bool(config.match_config), where,
+             f"method {config.method} needs match_config, the BISE config whose sparsity it matches")
+
+    _require(config.data.val_size >= 0, where, f"data.val_size must be 0 or more, got {config.data.val_size}")
+    _require(config.data.train_size is None or config.data.train_size >= 1, where,
+             f"data.train_size must be null (all digits) or at least 1, got {config.data.train_size}")
+    _require(len(config.model.widths) >= 1 and min(config.model.widths) >= 1, where,
+             f"model.widths must be at least one positive channel count, got {list(config.model.widths)}")
+    _require(config.model.kernel_size >= 1 and config.model.kernel_size % 2 == 1, where,
+             f"model.kernel_size must be a positive odd number, got {config.model.kernel_size}")
+    _require(config.eval_batch_size >= 1, where, f"eval_batch_size must be at least 1, got {config.eval_batch_size}")
+    _require(config.train.epochs >= 1, where, f"train.epochs must be at least 1, got {config.train.epochs}")
+    _require(config.gates.epochs_per_tau >= 1, where, f"gates.epochs_per_tau must be at least 1, got {config.gates.epochs_per_tau}")
+    for section_name in ("train", "aux", "gates", "finetune"):
+        section = getattr(config, section_name)
+        _require(section.batch_size >= 1, where, f"{section_name}.batch_size must be at least 1, got {section.batch_size}")
+        _require(section.lr > 0, where, f"{section_name}.lr must be positive, got {section.lr}")
+        _require(0 <= section.momentum < 1, where, f"{section_name}.momentum must lie in [0, 1), got {section.momentum}")
+        _require(section.weight_decay >= 0, where, f"{section_name}.weight_decay must be 0 or more, got {section.weight_decay}")
+        steps = getattr(section, "max_steps_per_epoch", None)
+        _require(steps is None or steps >= 1, where, f"{section_name}.max_steps_per_epoch must be null or at least 1, got {steps}")
+    for key in ("aux.pretrain_epochs", "aux.refine_epochs", "finetune.epochs"):
+        section_name, field = key.split(".")
+        value = getattr(getattr(config, section_name), field)
+        _require(value >= 0, where, f"{key} must be 0 or more, got {value}")
+    _require(config.aux.max_samples is None or config.aux.max_samples >= 1, where,
+             f"aux.max_samples must be null (all) or at least 1, got {config.aux.max_samples}")
+    _require(config.gates.gamma >= 0, where, f"gates.gamma must be 0 or more, got {config.gates.gamma}")
+    _require(config.gates.tau_min > 0, where, f"gates.tau_min must be positive, got {config.gates.tau_min}")
+    _require(config.gates.tau_start > config.gates.tau_min, where,
+             f"gates.tau_start ({config.gates.tau_start}) must be above gates.tau_min ({config.gates.tau_min})")
+    _require(0 < config.gates.tau_factor < 1, where, f"gates.tau_factor must lie in (0, 1), got {config.gates.tau_factor}")
     return config
 
 
 def load_config(path: str | Path, overrides: dict[str, object] | None = None) -> ExperimentConfig:
-    """Read a YAML config, apply dotted-key overrides and validate it."""
+    """Read a YAML config, apply dotted-key overrides and validate it.
+
+    Overrides other than the seed and the data source change the run's name
+    to "<name>-set-<hash of the overrides>", so a modified run never shares a
+    folder (or a table row) with the config as written.
+    """
     path = Path(path)
     values = load_yaml(path)
     if "name" not in values:
         raise ConfigError(f"{path}: missing key 'name'; files starting with '_' are shared bases, not experiments")
     overrides = dict(overrides or {})
+    name = str(overrides.get("name", values["name"]))
     source = overrides.get("data.source")
     if source is not None and source != values.get("data", {}).get("source", DataConfig.source):
-        # Runs on other data must not share a run directory with the config's own data.
-        values["name"] = f"{values.get('name')}-{source}"
-    for dotted, value in overrides.items():
-        target = values
-        *parents, leaf = dotted.split(".")
-        for key in parents:
-            target = target.setdefault(key, {})
-        target[leaf] = value
+        name = f"{name}-{source}"
+    renaming = {key: value for key, value in overrides.items() if key not in FOLDER_KEEPING_OVERRIDES + ("name",)}
+    if renaming:
+        name = f"{name}-set-{config_hash(renaming)[:6]}"
+    values = apply_overrides(values, overrides)
+    values["name"] = name
     values["path"] = str(path.resolve())
-    return validate(from_dict(ExperimentConfig, values, where=str(path)))
+    values["overrides"] = {key: str(value) for key, value in sorted(overrides.items())}
+    try:
+        config = from_dict(ExperimentConfig, values, where="")
+    except ConfigError as error:
+        raise ConfigError(f"{path}: {error}") from None
+    return validate(config)
+
+
+def dependency_overrides(overrides: dict[str, object] | None, dependency_method: str) -> dict[str, object]:
+    """The overrides a run passes on to the config it depends on.
+
+    Names and methods never pass on. A vanilla dependency receives only the
+    keys that vanilla training reads, so `--set gates.gamma=0.5` on a BISE
+    config reuses the finished vanilla model.
+    """
+    passed = {}
+    for key, value in (overrides or {}).items():
+        if key in ("name", "method", "vanilla_config", "match_config"):
+            continue
+        if dependency_method == "vanilla" and key not in VANILLA_KEYS and key.split(".")[0] not in VANILLA_SECTIONS:
+            continue
+        passed[key] = value
+    return passed

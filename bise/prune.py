@@ -90,9 +90,13 @@ def sparsity_report(model: SimpleConvNet, masks: list[torch.Tensor]) -> dict[str
     }
 
 
-def save_pruned(model: SimpleConvNet, path: Path) -> None:
-    """Save a pruned network as safetensors with the widths needed to rebuild it."""
+def save_pruned(model: SimpleConvNet, path: Path, extra_metadata: dict[str, str] | None = None) -> None:
+    """Save a pruned network as safetensors with the widths needed to rebuild it.
+
+    `extra_metadata` records how to evaluate it (data source, data seed, precision).
+    """
     metadata = {
+        **(extra_metadata or {}),
         "widths": json.dumps(list(model.widths)),
         "kernel_size": str(model.kernel_size),
         "num_classes": str(model.fc.out_features),
@@ -101,14 +105,23 @@ def save_pruned(model: SimpleConvNet, path: Path) -> None:
     save_safetensors(path, model.state_dict(), metadata)
 
 
+def read_pruned_metadata(path: Path) -> dict[str, str]:
+    """Return the safetensors metadata of `path`; ValueError if it is not a pruned network file."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+    except (SafetensorError, OSError) as error:
+        raise ValueError(f"{path} is not a readable safetensors file ({error}); pass a pruned.safetensors from a BISE run") from None
+    if "widths" not in metadata:
+        raise ValueError(f"{path} has no 'widths' metadata, so it is not a pruned network; pass pruned.safetensors or pruned_ft.safetensors")
+    return metadata
+
+
 def load_pruned(path: Path) -> SimpleConvNet:
     """Rebuild a network saved by save_pruned, on the CPU, in eval mode."""
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as handle:
-        metadata = handle.metadata() or {}
-    if "widths" not in metadata:
-        raise ValueError(f"{path} has no 'widths' metadata; it was not written by bise.prune.save_pruned")
+    metadata = read_pruned_metadata(path)
     model = SimpleConvNet(
         num_classes=int(metadata["num_classes"]),
         widths=tuple(json.loads(metadata["widths"])),

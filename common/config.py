@@ -7,6 +7,7 @@ recursively, so an ablation config states only what differs.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
@@ -22,19 +23,25 @@ class ConfigError(ValueError):
     """A config file or value that cannot be used as written."""
 
 
-def load_yaml(path: str | Path) -> dict[str, Any]:
+def load_yaml(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
     """Read `path` and its chain of `defaults` bases into one mapping."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
-    with path.open() as handle:
-        raw = yaml.safe_load(handle) or {}
+        referrer = f" (named under 'defaults' in {_chain[-1]})" if _chain else ""
+        raise ConfigError(f"config file not found: {path}{referrer}")
+    if path.resolve() in _chain:
+        raise ConfigError(f"{path}: 'defaults' chain loops back to this file: {' -> '.join(map(str, _chain))}")
+    try:
+        with path.open() as handle:
+            raw = yaml.safe_load(handle) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: invalid YAML: {error}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level, found {type(raw).__name__}")
     base_name = raw.pop("defaults", None)
     if base_name is None:
         return raw
-    base = load_yaml(path.parent / base_name)
+    base = load_yaml(path.parent / base_name, _chain + (path.resolve(),))
     return deep_merge(base, raw)
 
 
@@ -48,8 +55,26 @@ def deep_merge(base: dict, override: dict) -> dict:
     return merged
 
 
+def apply_overrides(values: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Set each dotted key of `overrides` (e.g. "gates.gamma") in a copy of `values`."""
+    values = copy.deepcopy(values)
+    for dotted, value in overrides.items():
+        target = values
+        *parents, leaf = dotted.split(".")
+        for depth, key in enumerate(parents):
+            target = target.setdefault(key, {})
+            if not isinstance(target, dict):
+                section = ".".join(parents[: depth + 1])
+                raise ConfigError(f"override {dotted!r}: {section} is a value, not a section; use --set {section}=VALUE")
+        target[leaf] = value
+    return values
+
+
 def from_dict(cls: type, values: dict[str, Any], where: str = "config"):
-    """Build dataclass `cls` from `values`, rejecting unknown keys by name."""
+    """Build dataclass `cls` from `values`, rejecting unknown keys by name.
+
+    `where` is the dotted key path of `values`, used in error messages.
+    """
     if not isinstance(values, dict):
         raise ConfigError(f"{where}: expected a mapping, found {values!r}")
     fields = {field.name: field for field in dataclasses.fields(cls)}
@@ -61,9 +86,9 @@ def from_dict(cls: type, values: dict[str, Any], where: str = "config"):
     for name, value in values.items():
         hint = hints[name]
         if dataclasses.is_dataclass(hint):
-            kwargs[name] = from_dict(hint, value, f"{where}.{name}")
+            kwargs[name] = from_dict(hint, value, f"{where}.{name}" if where else name)
         else:
-            kwargs[name] = _coerce(value, hint, f"{where}.{name}")
+            kwargs[name] = _coerce(value, hint, f"{where}.{name}" if where else name)
     try:
         return cls(**kwargs)
     except TypeError as error:

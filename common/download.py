@@ -16,6 +16,7 @@ import logging
 import os
 import re
 import shutil
+import socket
 import tarfile
 import time
 import urllib.error
@@ -49,6 +50,9 @@ _CHUNK_BYTES = 1 << 20
 _USER_AGENT = "repro-papers-downloader/1.0 (Python urllib)"
 # HTTP statuses worth retrying because they report a temporary state (timeout, rate limit, overload, gateway error).
 _TRANSIENT_HTTP_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
+# Attempts per source that time out before any body byte arrives. A server that accepted the connection
+# but sent nothing twice in a row is treated as down, so it costs about 2 * timeout_s instead of a full retry cycle.
+_MAX_STALLED_ATTEMPTS = 2
 _HEX_DIGEST_LENGTHS = {"md5": 32, "sha256": 64}
 _TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
 
@@ -71,6 +75,10 @@ class UnsafeArchiveError(ValueError):
 
 class _TransientError(Exception):
     """A network failure that a later attempt may not hit again (timeout, reset, truncated body)."""
+
+
+class _StalledError(_TransientError):
+    """A timeout before any body byte arrived: no connection, no response headers or no first body bytes."""
 
 
 def data_root() -> Path:
@@ -116,7 +124,7 @@ def fetch(
     mirrors: list[str] | None = None,
     retries: int = 3,
     backoff_s: float = 1.0,
-    timeout_s: float = 60.0,
+    timeout_s: float = 20.0,
 ) -> Path:
     """Download ``url`` to ``root / relpath`` unless a verified copy is already there, and return that path.
 
@@ -131,9 +139,17 @@ def fetch(
     checksum, the ``.part`` file is deleted, the destination is not touched and
     the next source is tried.
 
-    Network errors, transient HTTP statuses (429, 5xx) and truncated bodies are
-    retried ``retries`` times, waiting ``backoff_s * 2**n`` seconds before retry
-    n + 1. HTTP 404 and other client errors are not retried.
+    ``timeout_s`` is the number of seconds to wait for the connection and for
+    each read from the socket. It does not limit the total download time, so a
+    server that keeps sending bytes slowly is not cut off.
+
+    Timeouts, dropped connections, transient HTTP statuses (429, 5xx) and
+    truncated bodies are retried up to ``retries`` times, waiting
+    ``backoff_s * 2**n`` seconds before retry n + 1. Attempts that time out
+    before any body byte arrives are retried only once per source, so a server
+    that accepts connections and never answers costs about ``2 * timeout_s``.
+    Host name resolution failures, refused connections, HTTP 404 and other
+    client errors are not retried, and fetch moves on to the next source.
 
     A file already at the destination that verifies is returned without network
     access. One that does not verify is never deleted or overwritten: fetch
@@ -146,8 +162,8 @@ def fetch(
             provided the file and ``url`` delivered bytes with the wrong checksum.
         HTMLPageError: no mirror provided the file and ``url`` returned an HTML page.
         DownloadError: no mirror provided the file and ``url`` failed for another
-            reason (HTTP 404, timeout after all retries). The message lists the
-            mirror failures.
+            reason (HTTP 404, unknown host, refused connection, timeout after the
+            retries). The message names the URL and lists the mirror failures.
 
     NOTE: concurrent calls for the same destination share one ``.part`` file
     and can corrupt it. Under torchrun, fetch on rank 0 and let the other ranks
@@ -317,13 +333,16 @@ def _checksum_error(source: str, target: _Target, mismatch: tuple[str, str, str]
 
 def _download_with_retries(url: str, target: _Target, options: _HTTPOptions) -> None:
     attempts = options.retries + 1
+    stalled_attempts = 0
     for attempt in range(1, attempts + 1):
         try:
             _download_once(url, target, options.timeout_s)
             return
         except _TransientError as error:
-            if attempt == attempts:
-                raise DownloadError(f"Downloading {url} failed after {attempts} attempt(s): {error}") from error
+            if isinstance(error, _StalledError):
+                stalled_attempts += 1
+            if attempt == attempts or stalled_attempts == _MAX_STALLED_ATTEMPTS:
+                raise DownloadError(f"Downloading {url} failed after {attempt} attempt(s): {error}") from error
             delay_s = options.backoff_s * 2 ** (attempt - 1)
             logger.warning(
                 "Attempt %d/%d for %s failed: %s. Retrying in %.3g s", attempt, attempts, url, error, delay_s
@@ -357,12 +376,36 @@ def _download_once(url: str, target: _Target, timeout_s: float) -> None:
             return
         _raise_for_http_status(url, error.code, error.reason)
     except (urllib.error.URLError, http.client.HTTPException, OSError) as error:
-        raise _TransientError(f"request failed: {error}") from error
+        raise _request_error(url, error, timeout_s) from error
 
     with response:
         _check_not_html_content_type(url, response, target)
         append = _resume_position_accepted(url, response, offset, target)
-        _copy_body(url, response, target, append=append)
+        _copy_body(url, response, target, append=append, timeout_s=timeout_s)
+
+
+def _request_error(url: str, error: Exception, timeout_s: float) -> Exception:
+    """Return the exception for a request that got no HTTP response.
+
+    Returns a DownloadError, which ends the attempts on this source, when a
+    retry cannot help: the host name does not resolve or the connection is
+    refused. Returns a _TransientError otherwise.
+    """
+    # urllib wraps errors from connecting and sending in URLError, but errors while waiting for the headers are raw.
+    cause = error.reason if isinstance(error, urllib.error.URLError) else error
+    if isinstance(cause, socket.gaierror):
+        return DownloadError(
+            f"Could not resolve the host name in {url} ({cause}). Check the URL and the network connection, "
+            f"or set {MIRROR_ENV} to a folder that contains the file."
+        )
+    if isinstance(cause, ConnectionRefusedError):
+        return DownloadError(
+            f"{url} refused the connection ({cause}). Check that the server is running and that the URL's "
+            f"host and port are right, or set {MIRROR_ENV} to a folder that contains the file."
+        )
+    if isinstance(cause, TimeoutError):
+        return _StalledError(f"timed out after {timeout_s:g} s waiting for a connection or a response")
+    return _TransientError(f"request failed: {cause}")
 
 
 def _raise_for_http_status(url: str, status: int, reason: str) -> None:
@@ -407,7 +450,9 @@ def _resume_position_accepted(url: str, response: http.client.HTTPResponse, offs
     return True
 
 
-def _copy_body(url: str, response: http.client.HTTPResponse, target: _Target, *, append: bool) -> None:
+def _copy_body(
+    url: str, response: http.client.HTTPResponse, target: _Target, *, append: bool, timeout_s: float
+) -> None:
     """Write the response body to the .part file, raising _TransientError if it is shorter than announced."""
     length_header = response.headers.get("Content-Length")
     expected_bytes = int(length_header) if length_header and length_header.isdigit() else None
@@ -416,6 +461,8 @@ def _copy_body(url: str, response: http.client.HTTPResponse, target: _Target, *,
 
     try:
         first_chunk = response.read(_CHUNK_BYTES)
+    except TimeoutError as error:
+        raise _StalledError(f"timed out after {timeout_s:g} s waiting for the first body bytes") from error
     except (http.client.HTTPException, OSError) as error:
         raise _TransientError(f"reading the response failed: {error}") from error
 

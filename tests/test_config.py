@@ -203,3 +203,64 @@ def test_cli_invalid_data_choice(tmp_path: Path) -> None:
         bise.train.main(["--config", str(path), "--data", "cifar"])
 
     assert exit_info.value.code == 2
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ({"gates.tau_min": 0.0}, "tau_min must be positive"),
+        ({"gates.tau_min": -1.0}, "tau_min must be positive"),
+        ({"gates.tau_start": 0.2}, "must be above gates.tau_min"),
+        ({"model.widths": [0, 1, 2, 3]}, "model.widths"),
+        ({"train.batch_size": 0}, "train.batch_size must be at least 1"),
+        ({"train.lr": -1.0}, "train.lr must be positive"),
+        ({"train.epochs": -1}, "train.epochs must be at least 1"),
+        ({"data.val_size": -5}, "data.val_size"),
+        ({"data.train_size": 0}, "data.train_size"),
+        ({"device": "tpu"}, "device 'tpu'"),
+        ({"name": "../escape"}, "name '../escape'"),
+    ],
+)
+def test_invalid_value_rejected(tmp_path: Path, override: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config(_vanilla(tmp_path), override)
+
+
+def test_override_into_scalar_rejected(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="gates.lr is a value"):
+        load_config(_vanilla(tmp_path), {"gates.lr.x": 1})
+
+
+def test_defaults_loop_rejected(tmp_path: Path) -> None:
+    path = _write(tmp_path, "loop.yaml", "defaults: loop.yaml\nname: loop\n")
+    with pytest.raises(ConfigError, match="loops back"):
+        load_config(path)
+
+
+def test_yaml_syntax_error_rejected(tmp_path: Path) -> None:
+    path = _write(tmp_path, "broken.yaml", "name: [unclosed\n")
+    with pytest.raises(ConfigError, match="invalid YAML"):
+        load_config(path)
+
+
+def test_set_override_renames_run(tmp_path: Path) -> None:
+    config = load_config(_vanilla(tmp_path), {"gates.gamma": 0.5})
+    assert config.name.startswith("vanilla_tiny-set-")
+    assert config.overrides == {"gates.gamma": "0.5"}
+
+
+def test_seed_override_keeps_name(tmp_path: Path) -> None:
+    assert load_config(_vanilla(tmp_path), {"seed": 3}).name == "vanilla_tiny"
+
+
+def test_explicit_name_override_kept(tmp_path: Path) -> None:
+    assert load_config(_vanilla(tmp_path), {"name": "mine"}).name == "mine"
+
+
+def test_vanilla_dependency_gets_vanilla_keys_only() -> None:
+    from bise.config import dependency_overrides
+
+    overrides = {"gates.gamma": 0.5, "train.lr": 0.02, "seed": 1, "name": "x", "aux.hidden": 8, "data.rho": 0.9}
+    assert dependency_overrides(overrides, "vanilla") == {"train.lr": 0.02, "seed": 1, "data.rho": 0.9}
+    assert "gates.gamma" in dependency_overrides(overrides, "bise")
+    assert "name" not in dependency_overrides(overrides, "bise")

@@ -172,3 +172,22 @@ def test_dependency_data_mismatch(finished, tmp_path: Path) -> None:
 
     with pytest.raises(ConfigError, match="differs from its dependency"):
         run_experiment(changed, runs_root=tmp_path / "runs")
+
+
+def test_gate_override_reuses_vanilla(tmp_path, tiny_config_writer) -> None:
+    from bise.config import load_config
+    from bise.runner import run_dir_for, run_experiment
+
+    paths = tiny_config_writer(tmp_path / "configs")
+    runs_root = tmp_path / "runs"
+    run_experiment(load_config(paths["vanilla"]), runs_root=runs_root)
+    vanilla_metrics = run_dir_for(load_config(paths["vanilla"]), runs_root) / "metrics.json"
+    before = vanilla_metrics.read_bytes()
+
+    overrides = {"gates.gamma": 0.5, "finetune.epochs": 0}
+    config = load_config(paths["bise"], overrides)
+    metrics = run_experiment(config, runs_root=runs_root, overrides=overrides)
+    assert "-set-" in config.name
+    assert metrics["overrides"] == {"finetune.epochs": "0", "gates.gamma": "0.5"}
+    assert vanilla_metrics.read_bytes() == before
+    assert sorted(path.name for path in (runs_root / "bise" / "smoke").iterdir()) == sorted(["vanilla_tiny", config.name])
