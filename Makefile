@@ -10,7 +10,7 @@ RHO ?=
 DATA ?=
 SEEDS ?=
 
-.PHONY: setup test test-fast tables check-tables reproduce-bise bench-bise lint clean-runs
+.PHONY: setup test test-fast tables check-tables reproduce-bise bench-bise clean-runs
 
 setup: $(STAMP)
 

@@ -59,7 +59,8 @@ def load_paper_numbers() -> dict:
 def setting_key(record: dict) -> tuple:
     data = record["config"]["data"]
     train = record["config"]["train"]
-    return (record["scale"], data["source"], data["rho"], data["train_size"], f"{train['epochs']} ep, lr {train['lr']:g}")
+    recipe = f"{train['epochs']} ep, lr {train['lr']:g}, {record['config']['precision']}"
+    return (record["scale"], data["source"], data["rho"], data["train_size"], recipe)
 
 
 def ablation_variant(record: dict) -> str | None:
@@ -128,7 +129,7 @@ ABLATION_LABELS = {
 
 
 def main_table(table: dict, paper: dict) -> str:
-    header = ["scale", "data", "rho", "vanilla recipe", "method", "unbiased", "aligned", "conflicting",
+    header = ["scale", "data", "rho", "recipe", "method", "unbiased", "aligned", "conflicting",
               "channels pruned %", "paper unbiased (paper scale)", "seeds; hardware"]
     rows = []
     for key in sorted_settings(table):
@@ -150,7 +151,7 @@ def main_table(table: dict, paper: dict) -> str:
 
 
 def sparsity_table(table: dict, paper: dict) -> str:
-    header = ["scale", "data", "rho", "vanilla recipe", "method", "channels pruned %", "weights pruned %",
+    header = ["scale", "data", "rho", "recipe", "method", "channels pruned %", "weights pruned %",
               "MFLOPs dense", "MFLOPs pruned", "paper (paper scale): pruned % / MFLOPs"]
     rows = []
     for key in sorted_settings(table):
@@ -172,7 +173,7 @@ def sparsity_table(table: dict, paper: dict) -> str:
 
 
 def ablation_table(table: dict, paper: dict) -> str:
-    header = ["scale", "data", "rho", "vanilla recipe", "variant", "unbiased", "conflicting", "channels pruned %",
+    header = ["scale", "data", "rho", "recipe", "variant", "unbiased", "conflicting", "channels pruned %",
               "MFLOPs", "paper (paper scale, rho 0.99): acc / pruned % / MFLOPs"]
     rows = []
     for key in sorted_settings(table):

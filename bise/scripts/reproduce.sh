@@ -25,6 +25,12 @@ case "$SCALE" in
   *) echo "error: SCALE must be smoke or paper, got '$SCALE'" >&2; exit 2 ;;
 esac
 CONFIGS=bise/configs/$SCALE
+for rho in $RHO; do
+  if [[ ! -f "$CONFIGS/bise_rho$rho.yaml" ]]; then
+    echo "error: no config $CONFIGS/bise_rho$rho.yaml for RHO=$rho; available: $(ls "$CONFIGS" | sed -n 's/^bise_rho\([0-9.]*\)\.yaml$/\1/p' | tr '\n' ' ')" >&2
+    exit 2
+  fi
+done
 DATA_ARGS=()
 if [[ -n "${DATA:-}" ]]; then DATA_ARGS=(--data "$DATA"); fi
 
