@@ -119,7 +119,7 @@ DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 # Overrides that keep the run's folder: the seed has a folder of its own and a
 # data source other than the config's adds "-<source>" to the name.
 FOLDER_KEEPING_OVERRIDES = ("seed", "data.source")
-# What vanilla training reads; a BISE run passes only these overrides on to its vanilla config.
+# Keys and sections that vanilla training reads. A BISE run passes only these overrides on to its vanilla config.
 VANILLA_KEYS = ("seed", "device", "precision", "eval_batch_size")
 VANILLA_SECTIONS = ("data", "model", "train")
 

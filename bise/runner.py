@@ -21,6 +21,7 @@ from bise.vanilla import train_vanilla
 from common.checkpoint import load_checkpoint, load_safetensors, save_safetensors
 from common.config import ConfigError, to_dict
 from common.data.biased_mnist import BiasedMNISTSplits
+from common.data.mnist import load_digits
 from common.device import choose_device, describe_device, enable_tf32, set_deterministic
 from common.distributed import DistContext, barrier
 from common.results import atomic_write_json, read_json, run_metadata
@@ -101,6 +102,11 @@ def run_experiment(
             atomic_write_json(run_dir / "config.json", {**to_dict(config), "config_hash": config.hash()})
         key = (config.data.source, config.data.rho, config.data.val_size, config.data.train_size, config.data.seed)
         if key not in data_cache:
+            if ctx.enabled and config.data.source != "embedded":
+                # Only rank 0 downloads; the others wait and then read the verified files.
+                if ctx.is_main:
+                    load_digits(config.data.source)
+                barrier(ctx)
             data_cache[key] = build_data(config)
         splits = data_cache[key]
         log.info("%s (%s, seed %d) on %s: %d training, %d validation, %d test digits", config.name, config.method, config.seed,

@@ -50,8 +50,8 @@ _CHUNK_BYTES = 1 << 20
 _USER_AGENT = "repro-papers-downloader/1.0 (Python urllib)"
 # HTTP statuses worth retrying because they report a temporary state (timeout, rate limit, overload, gateway error).
 _TRANSIENT_HTTP_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
-# Attempts per source that time out before any body byte arrives. A server that accepted the connection
-# but sent nothing twice in a row is treated as down, so it costs about 2 * timeout_s instead of a full retry cycle.
+# Maximum attempts per source that time out before any body byte arrives. A server that accepted the
+# connection but sent nothing twice is treated as down, so it costs about 2 * timeout_s instead of a full retry cycle.
 _MAX_STALLED_ATTEMPTS = 2
 _HEX_DIGEST_LENGTHS = {"md5": 32, "sha256": 64}
 _TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
@@ -147,7 +147,7 @@ def fetch(
     truncated bodies are retried up to ``retries`` times, waiting
     ``backoff_s * 2**n`` seconds before retry n + 1. Attempts that time out
     before any body byte arrives are retried only once per source, so a server
-    that accepts connections and never answers costs about ``2 * timeout_s``.
+    that accepts connections and never sends a response costs about ``2 * timeout_s``.
     Host name resolution failures, refused connections, HTTP 404 and other
     client errors are not retried, and fetch moves on to the next source.
 

@@ -6,8 +6,10 @@ import hashlib
 import http.server
 import io
 import os
+import socket
 import tarfile
 import threading
+import time
 import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -46,6 +48,7 @@ class ServerState:
     requests: list[tuple[str, str | None]] = field(default_factory=list)  # (path, Range header)
     served_truncated: set[str] = field(default_factory=set)
     before_body: dict[str, Callable[[], None]] = field(default_factory=dict)
+    release_stalled: threading.Event = field(default_factory=threading.Event)  # set at teardown
 
     def paths(self) -> list[str]:
         return [path for path, _ in self.requests]
@@ -78,6 +81,8 @@ def make_handler(state: ServerState) -> type[http.server.BaseHTTPRequestHandler]
                 self.send_bytes(200, HTML_PAGE)
             elif self.path == "/unavailable.bin":
                 self.send_bytes(503, b"try later")
+            elif self.path == "/headers-only.bin":
+                self.send_headers_then_stall()
             else:
                 self.send_bytes(404, b"not found", content_type="text/plain")
 
@@ -123,6 +128,16 @@ def make_handler(state: ServerState) -> type[http.server.BaseHTTPRequestHandler]
             self.wfile.flush()
             self.close_connection = True
 
+        def send_headers_then_stall(self) -> None:
+            # Announce the file, then send no body bytes until the fixture shuts down (at most 5 s).
+            self.send_response(200)
+            self.send_header("Content-Type", "application/octet-stream")
+            self.send_header("Content-Length", str(len(PAYLOAD)))
+            self.end_headers()
+            self.wfile.flush()
+            state.release_stalled.wait(timeout=5)
+            self.close_connection = True
+
     return Handler
 
 
@@ -137,9 +152,61 @@ def server() -> Iterator[ServerState]:
     try:
         yield state
     finally:
+        state.release_stalled.set()
         httpd.shutdown()
         httpd.server_close()
         thread.join(timeout=5)
+
+
+@dataclass
+class SilentServer:
+    """A TCP server on 127.0.0.1 that accepts connections and never sends a byte, like a hung HTTP server."""
+
+    base_url: str
+    connections: list[socket.socket]
+
+
+@pytest.fixture
+def silent_server() -> Iterator[SilentServer]:
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.05)  # seconds; lets the accept loop notice the stop event
+    stop = threading.Event()
+    state = SilentServer(base_url=f"http://127.0.0.1:{listener.getsockname()[1]}", connections=[])
+
+    def accept_until_stopped() -> None:
+        while not stop.is_set():
+            try:
+                connection, _ = listener.accept()
+            except TimeoutError:
+                continue
+            state.connections.append(connection)
+
+    thread = threading.Thread(target=accept_until_stopped, daemon=True)
+    thread.start()
+    try:
+        yield state
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+        for connection in state.connections:
+            connection.close()
+        listener.close()
+
+
+@pytest.fixture
+def getaddrinfo_calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[object, object]]:
+    """Record the (host, port) of every name lookup, and fail lookups of hosts under .invalid without a query."""
+    calls: list[tuple[object, object]] = []
+    real_getaddrinfo = socket.getaddrinfo
+
+    def recording_getaddrinfo(host: object, port: object, *args: object, **kwargs: object) -> object:
+        calls.append((host, port))
+        if isinstance(host, str) and host.endswith(".invalid"):
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return real_getaddrinfo(host, port, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", recording_getaddrinfo)
+    return calls
 
 
 @pytest.fixture(autouse=True)
@@ -251,6 +318,93 @@ def test_fetch_gives_up_after_retries(server: ServerState, tmp_path: Path) -> No
     assert url in str(raised.value)
     assert "503" in str(raised.value)
     assert server.paths() == ["/unavailable.bin"] * 3
+
+
+def test_fetch_silent_server_times_out(silent_server: SilentServer, tmp_path: Path) -> None:
+    url = f"{silent_server.base_url}/file.bin"
+
+    started = time.monotonic()
+    with pytest.raises(DownloadError) as raised:
+        fetch(url, RELPATH, md5=PAYLOAD_MD5, root=tmp_path, mirrors=[], retries=3, backoff_s=0.01, timeout_s=0.5)
+    elapsed_s = time.monotonic() - started
+
+    message = str(raised.value)
+    assert url in message
+    assert "timed out" in message
+    assert "after 2 attempt(s)" in message
+    # Two attempts of 0.5 s each, not the four that retries=3 allows for other transient errors.
+    assert len(silent_server.connections) == 2
+    assert elapsed_s < 3.0
+    assert not (tmp_path / RELPATH).exists()
+
+
+def test_fetch_stalled_body_times_out(server: ServerState, tmp_path: Path) -> None:
+    url = f"{server.base_url}/headers-only.bin"
+
+    started = time.monotonic()
+    with pytest.raises(DownloadError) as raised:
+        fetch(url, RELPATH, md5=PAYLOAD_MD5, root=tmp_path, mirrors=[], retries=3, backoff_s=0.01, timeout_s=0.5)
+    elapsed_s = time.monotonic() - started
+
+    message = str(raised.value)
+    assert url in message
+    assert "timed out" in message
+    assert server.paths() == ["/headers-only.bin"] * 2
+    assert elapsed_s < 3.0
+
+
+def test_fetch_unknown_host_not_retried(
+    server: ServerState, tmp_path: Path, getaddrinfo_calls: list[tuple[object, object]]
+) -> None:
+    unresolvable_mirror = "http://mirror.invalid/data"
+
+    path = fetch(
+        f"{server.base_url}/file.bin",
+        RELPATH,
+        md5=PAYLOAD_MD5,
+        root=tmp_path,
+        mirrors=[unresolvable_mirror],
+        retries=3,
+        backoff_s=5.0,  # a retry would run into the test timeout
+    )
+
+    assert path.read_bytes() == PAYLOAD
+    assert [host for host, _ in getaddrinfo_calls].count("mirror.invalid") == 1
+    assert server.paths() == ["/file.bin"]
+
+
+def test_fetch_unknown_host_error_names_url(tmp_path: Path, getaddrinfo_calls: list[tuple[object, object]]) -> None:
+    url = "http://files.invalid/payload.bin"
+
+    with pytest.raises(DownloadError) as raised:
+        fetch(url, RELPATH, md5=PAYLOAD_MD5, root=tmp_path, mirrors=[], retries=3, backoff_s=5.0)
+
+    message = str(raised.value)
+    assert url in message
+    assert "resolve the host name" in message
+    assert len(getaddrinfo_calls) == 1
+
+
+def test_fetch_refused_connection_not_retried(
+    server: ServerState, tmp_path: Path, getaddrinfo_calls: list[tuple[object, object]]
+) -> None:
+    # A bound socket that does not listen makes the kernel refuse connections to its port, and keeps the port taken.
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as closed_port:
+        closed_port.bind(("127.0.0.1", 0))
+        port = closed_port.getsockname()[1]
+        path = fetch(
+            f"{server.base_url}/file.bin",
+            RELPATH,
+            md5=PAYLOAD_MD5,
+            root=tmp_path,
+            mirrors=[f"http://127.0.0.1:{port}/data"],
+            retries=3,
+            backoff_s=5.0,  # a retry would run into the test timeout
+        )
+
+    assert path.read_bytes() == PAYLOAD
+    assert [call_port for _, call_port in getaddrinfo_calls].count(port) == 1
+    assert server.paths() == ["/file.bin"]
 
 
 def test_fetch_wrong_checksum_deletes_download(server: ServerState, tmp_path: Path) -> None:

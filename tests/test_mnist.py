@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import gzip
+import hashlib
+import logging
 import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from common.data.mnist import MNIST_FILES, load_digits, load_embedded_mnist, load_full_mnist
+from common.data.mnist import (
+    MNIST_FILES,
+    _decompress_unless_verified,
+    load_digits,
+    load_embedded_mnist,
+    load_full_mnist,
+)
 from common.download import file_checksum
 
 pytestmark = pytest.mark.timeout(10)
@@ -154,3 +163,91 @@ def test_full_mnist_reuses_files(monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 
     assert digits.train_images.shape == (60000, 28, 28)
     assert digits.test_images.shape == (10000, 28, 28)
+
+
+def test_full_mnist_repairs_corrupt_raw_file(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    if not all((SHARED_DATA / "mnist" / name).is_file() for name in MNIST_FILES):
+        pytest.skip(f"no MNIST mirror copies at {SHARED_DATA / 'mnist'}; the full-MNIST test needs them offline")
+    monkeypatch.setenv("REPRO_MIRROR", str(SHARED_DATA))
+    first = load_full_mnist(root=tmp_path)
+
+    # An IDX label file has an 8-byte header (magic number, count), then one byte per label.
+    labels_file = tmp_path / "mnist" / "MNIST" / "raw" / "train-labels-idx1-ubyte"
+    size = labels_file.stat().st_size
+    with open(labels_file, "r+b") as file:
+        file.seek(8)
+        file.write(bytes([99, 99]))
+    assert labels_file.stat().st_size == size
+
+    # The repair must come from the cached .gz file alone: no mirror and no network.
+    monkeypatch.delenv("REPRO_MIRROR")
+
+    def reject_network(*args: object, **kwargs: object) -> None:
+        raise AssertionError("load_full_mnist used the network although every .gz file is cached")
+
+    monkeypatch.setattr("urllib.request.urlopen", reject_network)
+
+    with caplog.at_level(logging.WARNING, logger="common.data.mnist"):
+        second = load_full_mnist(root=tmp_path)
+
+    assert int(second.train_targets.max()) == 9
+    assert torch.equal(second.train_targets, first.train_targets)
+    assert labels_file.stat().st_size == size
+    archive = tmp_path / "mnist" / "train-labels-idx1-ubyte.gz"
+    assert file_checksum(archive, "md5") == MNIST_FILES["train-labels-idx1-ubyte.gz"]
+    assert "train-labels-idx1-ubyte does not match its recorded MD5" in caplog.text
+
+
+def write_gzip(path: Path, content: bytes) -> None:
+    with gzip.open(path, "wb") as file:
+        file.write(content)
+
+
+def test_raw_file_without_record_decompressed(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # A raw file of the right size but without a .md5 record, as an older version of the loader left them.
+    content = bytes(range(10)) * 100
+    archive = tmp_path / "labels.gz"
+    write_gzip(archive, content)
+    output = tmp_path / "labels"
+    output.write_bytes(bytes([99]) * len(content))
+
+    with caplog.at_level(logging.WARNING, logger="common.data.mnist"):
+        _decompress_unless_verified(archive, output)
+
+    assert output.read_bytes() == content
+    assert (tmp_path / "labels.md5").read_text() == f"{hashlib.md5(content).hexdigest()}  labels\n"
+    assert archive.is_file()
+    assert "has no MD5 record" in caplog.text
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["labels", "labels.gz", "labels.md5"]
+
+
+def test_raw_file_invalid_record_decompressed(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    content = bytes(range(10)) * 100
+    archive = tmp_path / "labels.gz"
+    write_gzip(archive, content)
+    output = tmp_path / "labels"
+    output.write_bytes(content)
+    (tmp_path / "labels.md5").write_text("not a digest\n")
+
+    with caplog.at_level(logging.WARNING, logger="common.data.mnist"):
+        _decompress_unless_verified(archive, output)
+
+    assert output.read_bytes() == content
+    assert (tmp_path / "labels.md5").read_text() == f"{hashlib.md5(content).hexdigest()}  labels\n"
+    assert "invalid MD5 record" in caplog.text
+
+
+def test_verified_raw_file_not_rewritten(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    archive = tmp_path / "labels.gz"
+    write_gzip(archive, bytes(range(10)) * 100)
+    output = tmp_path / "labels"
+    _decompress_unless_verified(archive, output)
+    inode = output.stat().st_ino
+
+    with caplog.at_level(logging.INFO, logger="common.data.mnist"):
+        _decompress_unless_verified(archive, output)
+
+    assert output.stat().st_ino == inode
+    assert caplog.records == []
