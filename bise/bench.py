@@ -166,18 +166,21 @@ def render(results: dict) -> str:
         "",
         "## Inference of the pruned network against the gated one (fp32)",
         "",
-        "| masks | memory format | kept channels per layer | batch | gated (ms) | pruned (ms) | time ratio | MFLOPs ratio | time ratio / MFLOPs ratio |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| masks | memory format | kept channels per layer | batch | gated (ms) | pruned (ms) | time ratio | MFLOPs ratio | time ratio / MFLOPs ratio | at most 1.2 |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in results["inference"]:
         lines.append(
             f"| {row['masks']} | {row['memory_format']} | {row['kept_per_layer']} | {row['batch_size']} | {1000 * row['gated_s']:.1f} | "
-            f"{1000 * row['pruned_s']:.1f} | {row['time_ratio']:.3f} | {row['macs_ratio']:.3f} | {row['time_ratio_over_macs_ratio']:.2f} |"
+            f"{1000 * row['pruned_s']:.1f} | {row['time_ratio']:.3f} | {row['macs_ratio']:.3f} | {row['time_ratio_over_macs_ratio']:.2f} | "
+            f"{'yes' if row['time_ratio_over_macs_ratio'] <= 1.2 else 'no'} |"
         )
     lines += [
         "",
         "Target: time ratio / MFLOPs ratio at most 1.2 at batch 256 on CPU. The gated network costs as much as",
-        "the dense one, so the time ratio is the speed-up that physical pruning buys.",
+        "the dense one, so the time ratio is the speed-up that physical pruning buys. Convolutions with few",
+        "channels run below the CPU's peak rate, so the ratio grows when almost every channel is pruned (the",
+        "smoke BISE masks at rho 0.99 and 0.997), and channels_last is faster than NCHW for odd channel counts.",
         "",
     ]
     return "\n".join(lines)
