@@ -10,7 +10,7 @@ RHO ?=
 DATA ?=
 SEEDS ?=
 
-.PHONY: setup test test-fast tables check-tables reproduce-bise bench-bise clean-runs
+.PHONY: setup test test-fast lint tables check-tables reproduce-bise bench-bise clean-runs
 
 setup: $(STAMP)
 
@@ -27,6 +27,9 @@ test: setup
 
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow"
+
+lint: setup
+	$(VENV)/bin/ruff check common bise tests
 
 tables: setup
 	$(PY) -m bise.tables

@@ -20,8 +20,8 @@ from bise.config import DATA_SOURCES, load_config
 from bise.runner import DEFAULT_RUNS_ROOT, run_experiment
 from common.checkpoint import CheckpointMismatchError
 from common.config import ConfigError
-from common.download import DownloadError
 from common.distributed import init_distributed, shutdown_distributed
+from common.download import DownloadError
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, object]:

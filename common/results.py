@@ -85,7 +85,7 @@ def run_metadata(*, config_hash: str, seed: int, scale: str, hardware: str, wall
         "scale": scale,
         "hardware": hardware,
         "wall_time_s": round(wall_time_s, 1),
-        "finished_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "finished_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "versions": package_versions(),
         **git_state(),
     }

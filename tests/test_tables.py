@@ -6,7 +6,8 @@ import copy
 
 import pytest
 
-from bise.tables import build_tables, main as tables_main
+from bise.tables import build_tables
+from bise.tables import main as tables_main
 from common.results import check_tables, fill_tables
 
 
@@ -24,6 +25,7 @@ def make_record(method: str, seed: int, unbiased: float, *, gamma: float = 1.0, 
         "seed": seed,
         "hardware": "CPU test, 2 threads",
         "config": {
+            "precision": "bf16",
             "data": {"source": "embedded", "rho": 0.99, "train_size": None},
             "train": {"epochs": 3, "lr": 0.1},
             "gates": {"gamma": gamma, "reweight": reweight},

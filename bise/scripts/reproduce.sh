@@ -4,7 +4,7 @@
 #   SCALE=smoke (default): embedded digits, CPU, about 15 minutes on 2 cores.
 #   SCALE=paper: the paper's recipe on full MNIST (downloaded, or read from
 #                $REPRO_MIRROR), three seeds; one GPU, many hours.
-#   RHO="0.99 0.997"   bias ratios to run (default: 0.99 0.997 smoke, 0.99 0.995 0.997 paper)
+#   RHO="0.99 0.997"   bias ratios to run: 0.99, 0.995, 0.997 (default: 0.99 0.997 smoke, all three paper)
 #   DATA=full          smoke configs on full MNIST instead of the embedded digits
 #   SEEDS="0 1 2"      training seeds of the main table and the ablations
 #   EXTRA_SEEDS="0 1"  seeds of the extra smoke setting at rho 0.5

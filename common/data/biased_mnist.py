@@ -11,6 +11,7 @@ which is how the unbiased validation and test sets are built.
 from __future__ import annotations
 
 import dataclasses
+
 import numpy as np
 import torch
 from torch.utils.data import Dataset
