@@ -98,6 +98,8 @@ class BiseRun:
         self.model.set_gates_active(True)
         for parameter in self.model.weight_parameters():
             parameter.requires_grad_(False)
+        # Wrapped once: each DistributedDataParallel registers its own gradient hooks on the parameters.
+        self.gate_network = wrap_ddp(self.model, device, ctx)
         self.gate_optimizer = torch.optim.SGD(
             self.model.gate_parameters(), lr=config.gates.lr, momentum=config.gates.momentum, weight_decay=config.gates.weight_decay
         )
@@ -108,6 +110,7 @@ class BiseRun:
         self.aux_indices = order[: config.aux.max_samples] if config.aux.max_samples else order
 
         self.finetuned: SimpleConvNet | None = None
+        self.finetune_network: torch.nn.Module | None = None
         self.finetune_optimizer = None
         self.next_step = 0
         self.history: list[dict] = []
@@ -186,7 +189,7 @@ class BiseRun:
 
     def gate_epoch(self, step: Step) -> None:
         cfg, data = self.config.gates, self.config.data
-        network = wrap_ddp(self.model, self.device, self.ctx)
+        network = self.gate_network
         network.eval()  # BatchNorm statistics stay those of the vanilla model
         self.aux.eval()
         for parameter in self.aux.parameters():
@@ -266,6 +269,7 @@ class BiseRun:
             parameter.requires_grad_(False)
         for parameter in self.finetuned.weight_parameters():
             parameter.requires_grad_(True)
+        self.finetune_network = wrap_ddp(self.finetuned, self.device, self.ctx)
         self.finetune_optimizer = torch.optim.SGD(
             self.finetuned.weight_parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
         )
@@ -274,7 +278,7 @@ class BiseRun:
         cfg = self.config.finetune
         if self.finetuned is None:
             self._start_finetune(self.selected_masks())
-        network = wrap_ddp(self.finetuned, self.device, self.ctx)
+        network = self.finetune_network
         # NOTE: BatchNorm statistics stay frozen while fine-tuning, as during gate training.
         network.eval()
         loader = make_loader(self.splits.train, cfg.batch_size, shuffle=True, seed=self.config.seed + 11, epoch=step.epoch, ctx=self.ctx)
