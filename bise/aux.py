@@ -2,9 +2,9 @@
 
 While C_aux trains, the gates and the BatchNorm statistics are frozen, so
 the bottleneck features of a training image do not change from one C_aux
-epoch to the next. The cached path computes them once per refinement; the
-uncached path recomputes them for every batch and exists to check the cache
-(the two give the same C_aux, see bise/tests/test_aux_cache.py).
+epoch to the next. The cached path computes them once per refinement. The
+uncached path recomputes them for every batch and exists to check the cache:
+bise/tests/test_aux_cache.py shows that both give the same C_aux.
 """
 
 from __future__ import annotations

@@ -211,7 +211,7 @@ def load_config(path: str | Path, overrides: dict[str, object] | None = None) ->
 
 
 def dependency_overrides(overrides: dict[str, object] | None, dependency_method: str) -> dict[str, object]:
-    """The overrides a run passes on to the config it depends on.
+    """Select the overrides that a run passes on to the config it depends on.
 
     Names and methods never pass on. A vanilla dependency receives only the
     keys that vanilla training reads, so `--set gates.gamma=0.5` on a BISE

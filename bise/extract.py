@@ -7,9 +7,9 @@ Glossary (name -> symbol):
 
 The whole procedure is a fixed list of steps (C_aux pre-training, gate
 epochs, C_aux refinements, fine-tuning epochs). After each step the state is
-checkpointed; a restarted run continues at the next step and, because every
-step's randomness is a function of (seed, step), ends with the same numbers
-as an uninterrupted run.
+checkpointed, and a restarted run continues at the next step. Every step's
+randomness is a function of (seed, step), so a resumed run ends with the same
+numbers as an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -308,7 +308,7 @@ class BiseRun:
     # -------------------------------------------------------------- results
 
     def selected_gated_model(self) -> SimpleConvNet:
-        """The frozen vanilla weights with the selected gates."""
+        """Return a copy of the frozen vanilla network with the selected gates fixed."""
         model = copy.deepcopy(self.model)
         model.set_keep_masks(self.selected_masks())
         return model.eval()

@@ -205,7 +205,7 @@ def _run_bise(config, vanilla_config, splits, run_dir, runs_root, device, ctx) -
 
 
 def _evaluation_metadata(config: ExperimentConfig) -> dict[str, str]:
-    """What bise.evaluate needs to rebuild this run's test set and precision."""
+    """Return the metadata that bise.evaluate needs to rebuild this run's test set and precision."""
     return {"data_source": config.data.source, "data_seed": str(config.data.seed), "precision": config.precision}
 
 

@@ -1,8 +1,8 @@
 """YAML configs loaded into frozen dataclasses, with strict key checking.
 
-A config file may name a base file under the key `defaults` (a path relative
-to the file itself); its mapping is merged under the file's own keys,
-recursively, so an ablation config states only what differs.
+A config file may name a base file under the key `defaults`, as a path
+relative to the file itself. The base mapping is merged recursively under
+the file's own keys, so an ablation config states only what differs.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """torchrun/DDP initialisation, data samplers and rank-0 helpers.
 
-Scripts call `init_distributed()` once. Launched by plain `python`, it returns
-a single-process context and nothing else changes; launched by
-`torchrun --nproc_per_node=N`, it joins the process group that torchrun's
+Scripts call `init_distributed()` once. Under plain `python` it returns a
+single-process context and nothing else changes. Under
+`torchrun --nproc_per_node=N` it joins the process group that torchrun's
 environment variables describe (NCCL on GPUs, gloo on CPUs).
 """
 

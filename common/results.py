@@ -1,6 +1,6 @@
 """Run records (JSON, written atomically) and README tables built from them.
 
-A README holds generated tables between marker lines:
+A README contains generated tables between marker lines:
 
     <!-- table:NAME -->
     ...generated markdown...

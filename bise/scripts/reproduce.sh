@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Reproduce the BISE tables on Biased MNIST.
 #
-#   SCALE=smoke (default): embedded digits, CPU, about 15 minutes on 2 cores.
+#   SCALE=smoke (default): embedded digits, CPU; 870 s of runs measured on 2 cores.
 #   SCALE=paper: the paper's recipe on full MNIST (downloaded, or read from
-#                $REPRO_MIRROR), three seeds; one GPU, many hours.
+#                $REPRO_MIRROR), three seeds, for GPUs; runtime not yet measured.
 #   RHO="0.99 0.997"   bias ratios to run: 0.99, 0.995, 0.997 (default: 0.99 0.997 smoke, all three paper)
 #   DATA=full          smoke configs on full MNIST instead of the embedded digits
 #   SEEDS="0 1 2"      training seeds of the main table and the ablations

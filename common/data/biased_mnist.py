@@ -2,10 +2,11 @@
 
 Each digit is binarised and drawn in white on a background of one palette
 colour. In a set with bias ratio rho, exactly int(rho * n_c) of the n_c digits
-of class c get the colour of class c (bias-aligned); the others are cut into
-9 chunks whose sizes differ by at most one, one for each of the 9 other colours in a shuffled order
-(bias-conflicting). rho = 0.1 therefore makes colour independent of the digit,
-which is how the unbiased validation and test sets are built.
+of class c get the colour of class c (bias-aligned). The other digits
+(bias-conflicting) are cut into 9 chunks whose sizes differ by at most one,
+one for each of the 9 other colours in a shuffled order. rho = 0.1 therefore
+makes colour independent of the digit, which is how the unbiased validation
+and test sets are built.
 """
 
 from __future__ import annotations
