@@ -14,7 +14,7 @@ SEEDS ?=
 
 setup: $(STAMP)
 
-$(STAMP): requirements.txt bise/requirements.txt pyproject.toml
+$(STAMP): requirements.txt bise/requirements.txt how_i_met_your_bias/requirements.txt pyproject.toml
 	@command -v $(PYTHON_BOOTSTRAP) >/dev/null || { echo "error: $(PYTHON_BOOTSTRAP) not found; install Python 3.11 or run make PYTHON_BOOTSTRAP=/path/to/python3.11"; exit 1; }
 	test -x $(PY) || $(PYTHON_BOOTSTRAP) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip

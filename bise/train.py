@@ -14,24 +14,12 @@ import logging
 import sys
 from pathlib import Path
 
-import yaml
-
 from bise.config import DATA_SOURCES, load_config
 from bise.runner import DEFAULT_RUNS_ROOT, run_experiment
 from common.checkpoint import CheckpointMismatchError
-from common.config import ConfigError
+from common.config import ConfigError, parse_set_pairs
 from common.distributed import init_distributed, shutdown_distributed
 from common.download import DownloadError
-
-
-def parse_overrides(pairs: list[str]) -> dict[str, object]:
-    overrides = {}
-    for pair in pairs:
-        if "=" not in pair:
-            raise ConfigError(f"--set expects KEY=VALUE with a dotted key such as gates.gamma=0, got {pair!r}")
-        key, value = pair.split("=", 1)
-        overrides[key] = yaml.safe_load(value)
-    return overrides
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        overrides = parse_overrides(args.overrides)
+        overrides = parse_set_pairs(args.overrides)
         if args.seed is not None:
             overrides["seed"] = args.seed
         if args.data is not None:

@@ -97,6 +97,8 @@ def from_dict(cls: type, values: dict[str, Any], where: str = "config"):
 
 def _coerce(value: Any, hint: Any, where: str) -> Any:
     """Convert YAML scalars to the field type (YAML reads 1e-3 as a string)."""
+    if dataclasses.is_dataclass(hint):
+        return from_dict(hint, value, where)
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
         options = typing.get_args(hint)
@@ -142,3 +144,17 @@ def config_hash(values: dict[str, Any]) -> str:
     """Return a short stable hash of a config mapping (key order ignored)."""
     text = json.dumps(values, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def parse_set_pairs(pairs: list[str]) -> dict[str, Any]:
+    """Parse the KEY=VALUE strings of repeated --set options; values are read as YAML scalars."""
+    import yaml
+
+    overrides = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise ConfigError(f"--set expects KEY=VALUE with a dotted key such as train.lr=1e-4, got {pair!r}")
+        key, value = pair.split("=", 1)
+        overrides[key] = yaml.safe_load(value)
+    return overrides
+
