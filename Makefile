@@ -9,8 +9,9 @@ SCALE ?= smoke
 RHO ?=
 DATA ?=
 SEEDS ?=
+CONFIGS ?=
 
-.PHONY: setup test test-fast lint tables check-tables reproduce-bise bench-bise clean-runs
+.PHONY: setup test test-fast lint tables check-tables reproduce-bise bench-bise reproduce-himyb bench-himyb clean-runs
 
 setup: $(STAMP)
 
@@ -29,13 +30,15 @@ test-fast: setup
 	$(PY) -m pytest -q -m "not slow"
 
 lint: setup
-	$(VENV)/bin/ruff check common bise tests
+	$(VENV)/bin/ruff check common bise how_i_met_your_bias tests
 
 tables: setup
 	$(PY) -m bise.tables
+	$(PY) -m how_i_met_your_bias.tables
 
 check-tables: setup
 	$(PY) -m bise.tables --check
+	$(PY) -m how_i_met_your_bias.tables --check
 
 reproduce-bise: setup
 	SCALE=$(SCALE) RHO="$(RHO)" DATA="$(DATA)" SEEDS="$(SEEDS)" PYTHON=$(PY) bash bise/scripts/reproduce.sh
@@ -43,5 +46,11 @@ reproduce-bise: setup
 bench-bise: setup
 	$(PY) -m bise.bench
 
+reproduce-himyb: setup
+	SCALE=$(SCALE) CONFIGS="$(CONFIGS)" SEEDS="$(SEEDS)" PYTHON=$(PY) bash how_i_met_your_bias/scripts/reproduce.sh
+
+bench-himyb: setup
+	$(PY) -m how_i_met_your_bias.bench
+
 clean-runs:
-	rm -rf runs/bise
+	rm -rf runs/bise runs/how_i_met_your_bias

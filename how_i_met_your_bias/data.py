@@ -18,7 +18,7 @@ def build_training_set(config: ExperimentConfig, digit_cache: dict | None = None
     if data.name == "bffhq":
         from common.data.bffhq import BFFHQ
 
-        return BFFHQ(Path(data.root) if data.root else None, "train", image_size=data.image_size)
+        return BFFHQ(bffhq_root(config), "train", image_size=data.image_size)
     cache = {} if digit_cache is None else digit_cache
     if data.source not in cache:
         cache[data.source] = load_digits(data.source)
@@ -47,3 +47,13 @@ def conditioning_digits(config: ExperimentConfig) -> list[int] | None:
     if config.data.name in ("biased_mnist", "multicolor_mnist"):
         return list(range(10))
     return None
+
+
+def bffhq_root(config: ExperimentConfig) -> Path:
+    """data.root, or the folder download_bffhq extracts into (which needs data.sha256)."""
+    if config.data.root:
+        return Path(config.data.root)
+    from common.data.bffhq import download_bffhq
+
+    return download_bffhq(sha256=config.data.sha256)
+

@@ -29,7 +29,7 @@ from common.distributed import DistContext, barrier
 from common.results import atomic_write_text, read_json
 from how_i_met_your_bias import classifiers
 from how_i_met_your_bias.config import ExperimentConfig
-from how_i_met_your_bias.data import build_training_set
+from how_i_met_your_bias.data import bffhq_root, build_training_set
 from how_i_met_your_bias.model import load_weights
 from how_i_met_your_bias.sweep import Judges, palette_judges, run_sweep
 from how_i_met_your_bias.training import TRAIN_RECORD, WEIGHTS, train_diffusion
@@ -104,7 +104,7 @@ def bffhq_judges(config: ExperimentConfig, runs_root: Path, device: torch.device
     """Gender (bias) and age (class) classifiers, ResNet-18s trained on the BFFHQ training split."""
     from common.data.bffhq import BFFHQ
 
-    root = Path(config.data.root) if config.data.root else None
+    root = bffhq_root(config)
     folder = Path(runs_root) / PAPER / config.scale / "judges"
     loaded = {}
     for label, name in (("bias", "gender"), ("target", "age")):

@@ -163,6 +163,7 @@ def run_sweep(
             continue
         record, images, labels = measure_setting(unet, config, setting, judges, rho_dataset, device, progress=progress)
         record["groups"] = settings[setting]
+        record["overrides"] = dict(config.overrides)
         record.update(run_metadata(config_hash=config.hash(), seed=config.seed, scale=config.scale,
                                    hardware=describe_device(device), wall_time_s=record["sampling_s"]))
         save_grid(run_dir / GRID_DIR / f"{setting.key}.png", images, labels, config.sweep.grid_per_class)
