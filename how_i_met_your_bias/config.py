@@ -13,6 +13,7 @@ from common.device import PRECISIONS
 SCALES = ("smoke", "paper")
 DATASETS = ("biased_mnist", "biased_mnist_2class", "multicolor_mnist", "bffhq")
 DIGIT_SOURCES = ("embedded", "full")
+PREDICTION_TYPES = ("epsilon", "v_prediction")
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 LOCATION_KEYS = ("data.root", "data.sha256")
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -47,6 +48,7 @@ class NoiseConfig:
     beta_schedule: str = "linear"  # a diffusers beta_schedule: linear, scaled_linear or squaredcos_cap_v2
     beta_start: float = 1e-4
     beta_end: float = 0.02
+    prediction_type: str = "epsilon"  # what the UNet predicts: epsilon (the released recipe) or v_prediction
 
 
 @dataclasses.dataclass(frozen=True)
@@ -163,6 +165,8 @@ def validate(config: ExperimentConfig) -> ExperimentConfig:
     _require(data.image_size % 2 ** (levels - 1) == 0, where,
              f"data.image_size={data.image_size} must be divisible by 2**{levels - 1} for {levels} UNet levels")
     _require(config.noise.num_train_timesteps >= 2, where, f"noise.num_train_timesteps must be at least 2, got {config.noise.num_train_timesteps}")
+    _require(config.noise.prediction_type in PREDICTION_TYPES, where,
+             f"unknown noise.prediction_type {config.noise.prediction_type!r}; expected one of {PREDICTION_TYPES}")
     _require(0 < config.noise.beta_start < config.noise.beta_end < 1, where,
              f"need 0 < noise.beta_start < noise.beta_end < 1, got {config.noise.beta_start} and {config.noise.beta_end}")
     train = config.train

@@ -7,7 +7,9 @@ Guidance convention, used everywhere in this package:
 so w = 1 is plain conditional sampling and w = 0 is unconditional sampling
 with the trained null class. The released code mixed this with the
 (1 + w) * cond - w * uncond convention; a weight from there converts as
-w_here = 1 + w_there.
+w_here = 1 + w_there. A model that predicts v instead of the noise is
+combined by the same formula: at a fixed x_t the noise is an affine function
+of v, and the two weights sum to 1, so the guided noise is the same.
 
 Every scheduler is built from the noise schedule the model was trained with
 (same T and betas), so the timesteps it feeds the UNet are on the training
@@ -115,7 +117,7 @@ def build_scheduler(setting: SamplerSetting, noise: NoiseConfig) -> SchedulerMix
         beta_schedule=noise.beta_schedule,
         beta_start=noise.beta_start,
         beta_end=noise.beta_end,
-        prediction_type="epsilon",
+        prediction_type=noise.prediction_type,
     )
     if setting.sampler == "dpmpp":
         kwargs.update(algorithm_type="dpmsolver++", solver_order=setting.order)

@@ -42,7 +42,7 @@ def noise_scheduler(config: ExperimentConfig) -> DDPMScheduler:
         beta_schedule=noise.beta_schedule,
         beta_start=noise.beta_start,
         beta_end=noise.beta_end,
-        prediction_type="epsilon",
+        prediction_type=noise.prediction_type,
     )
 
 
@@ -71,7 +71,7 @@ def diffusion_loss(
     generator: torch.Generator,
     precision: str,
 ) -> torch.Tensor:
-    """Noise-prediction MSE with per-sample label dropout to the null class."""
+    """MSE to the noise (or to v) with per-sample label dropout to the null class."""
     device = images.device
     n = images.shape[0]
     timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (n,), generator=generator).to(device)
@@ -81,7 +81,11 @@ def diffusion_loss(
     noisy = scheduler.add_noise(images, noise, timesteps)
     with autocast(device, precision):
         prediction = model(noisy, timesteps, class_labels=labels).sample
-    return F.mse_loss(prediction.float(), noise)
+    if scheduler.config.prediction_type == "v_prediction":
+        target = scheduler.get_velocity(images, noise, timesteps)
+    else:
+        target = noise
+    return F.mse_loss(prediction.float(), target)
 
 
 def train_diffusion(
