@@ -115,6 +115,14 @@ def load_released() -> dict:
         return yaml.safe_load(handle)
 
 
+def number(value: float | None) -> str:
+    """Print a released number with at least three decimals, as the notebooks did (0.92 as 0.920)."""
+    if value is None:
+        return "-"
+    text = f"{value:.3f}"
+    return text if float(text) == value else f"{value:.4f}"
+
+
 def interval(stats: dict) -> str:
     return f"{stats['rho']:.3f} [{stats['low']:.3f}, {stats['high']:.3f}]"
 
@@ -131,7 +139,7 @@ def amplification(stats: dict) -> str:
 
 
 def training_table(experiments: list[Experiment]) -> str:
-    header = ["scale", "experiment", "training images", "rho_dataset (measured)", "UNet parameters", "steps x batch",
+    header = ["scale", "experiment", "training images", "rho_dataset (measured)", "UNet", "T, prediction", "steps x batch",
               "train images/s", "wall time", "seeds; hardware"]
     rows = []
     for e in experiments:
@@ -140,7 +148,9 @@ def training_table(experiments: list[Experiment]) -> str:
         first = e.train[0]
         rho = next(iter(e.settings.values()))[0]["attributes"]
         rho_text = ", ".join(f"{name} {values['rho_dataset']:.3f}" for name, values in rho.items())
-        rows.append([e.scale, e.name, first["train_images"], rho_text, f"{first['parameters'] / 1e6:.2f} M",
+        widths = "/".join(str(w) for w in first.get("block_out_channels", []))
+        rows.append([e.scale, e.name, first["train_images"], rho_text, f"{widths}, {first['parameters'] / 1e6:.2f} M",
+                     f"{first.get('num_train_timesteps', '-')}, {first.get('prediction_type', '-')}",
                      f"{first['steps']} x {first['images_seen'] // first['steps']}", f"{first['train_images_per_s']:.0f}",
                      f"{first['wall_time_s'] / 60:.1f} min", f"{len(e.train)}; {e.hardware}"])
     return markdown_table(header, rows)
@@ -186,7 +196,7 @@ def knob_table(experiments: list[Experiment], group: str, knob: str, released: d
             for record in records:
                 stats = e.pooled(record["key"], attribute)
                 value = record["setting"][knob]
-                notebook = [columns[c].get(value, "-") if isinstance(columns[c], dict) else "-" for c in columns]
+                notebook = [number(columns[c].get(value)) for c in columns]
                 rows.append([f"{value:g}", interval(stats), amplification(stats), fidelity_text(stats)] + notebook)
             setting = records[0]["setting"]
             described = f"{setting['sampler']}, {setting['steps']} steps" + (f", order {setting['order']}" if setting["sampler"] == "dpmpp" else "")
@@ -195,6 +205,22 @@ def knob_table(experiments: list[Experiment], group: str, knob: str, released: d
             blocks.append(f"**{e.name}** ({e.scale} scale, {attribute}, rho_dataset {stats['rho_dataset']:.3f}, {described}, "
                           f"{stats['n']} samples per setting; {e.hardware})\n\n" + markdown_table(header, rows) + note)
     return "\n\n".join(blocks) if blocks else "No results yet."
+
+
+def fidelity_table(experiments: list[Experiment]) -> str:
+    """Whether samples show their conditioning class: the recognisability check of every experiment."""
+    header = ["scale", "experiment", "prediction", "setting", "fidelity [95% CI]", "rho_model [95% CI]", "samples", "hardware"]
+    rows = []
+    for e in experiments:
+        prediction = e.train[0].get("prediction_type", "-") if e.train else "-"
+        for record in e.in_group("fidelity"):
+            stats = e.pooled(record["key"], e.attributes[0])
+            if stats["fidelity"] is None:
+                continue
+            value, low, high = stats["fidelity"]
+            rows.append([e.scale, e.name, prediction, record["key"], f"{value:.3f} [{low:.3f}, {high:.3f}]", interval(stats),
+                         stats["n"], e.hardware])
+    return markdown_table(header, rows)
 
 
 def speed_table(experiments: list[Experiment]) -> str:
@@ -212,7 +238,7 @@ def released_edm_table(released: dict) -> str:
     edm = released["edm_10class"]
     columns = edm["rho_dataset"]
     header = ["(steps, S_churn)"] + [f"rho_dataset {c}" for c in columns]
-    rows = [[f"({steps}, {churn})"] + [f"{v}" for v in values] for (steps, churn, *_), values in
+    rows = [[f"({steps}, {churn})"] + [number(v) for v in values] for (steps, churn, *_), values in
             ((tuple(map(int, key.split(","))), values) for key, values in edm["rho_model"].items())]
     return edm["note"] + "\n\n" + markdown_table(header, rows)
 
@@ -220,6 +246,7 @@ def released_edm_table(released: dict) -> str:
 def build_tables(experiments: list[Experiment], released: dict) -> dict[str, str]:
     return {
         "himyb_training": training_table(experiments),
+        "himyb_fidelity": fidelity_table(experiments),
         "himyb_steps": steps_table(experiments),
         "himyb_guidance": knob_table(experiments, "guidance", "w", released),
         "himyb_eta": knob_table(experiments, "eta", "eta", released),
@@ -253,10 +280,16 @@ def plot_figures(experiments: list[Experiment], released: dict, figures_dir: Pat
             records = e.in_group(group)
             rho_dataset = e.pooled(records[0]["key"], attribute)["rho_dataset"]
             if group == "steps":
-                for sampler in sorted({r["setting"]["sampler"] for r in records}, key=SAMPLER_ORDER.index):
+                samplers = sorted({r["setting"]["sampler"] for r in records}, key=SAMPLER_ORDER.index)
+                for index, sampler in enumerate(samplers):
                     mine = sorted((r for r in records if r["setting"]["sampler"] == sampler), key=lambda r: r["setting"]["steps"])
-                    _errorbar(ax, [r["setting"]["steps"] for r in mine], [e.pooled(r["key"], attribute) for r in mine], sampler)
+                    # Samplers that coincide (DDIM and Euler) would hide each other, so each is shifted a little.
+                    shift = 1 + 0.04 * (index - (len(samplers) - 1) / 2)
+                    _errorbar(ax, [r["setting"]["steps"] * shift for r in mine], [e.pooled(r["key"], attribute) for r in mine], sampler)
+                steps = sorted({r["setting"]["steps"] for r in records})
                 ax.set_xscale("log")
+                ax.set_xticks(steps, [str(s) for s in steps])
+                ax.minorticks_off()
                 ax.set_xlabel("sampling steps (w = 1)")
             else:
                 knob = {"guidance": "w", "eta": "eta", "churn": "churn"}[group]

@@ -21,7 +21,7 @@ PYTHON=${PYTHON:-python}
 NPROC=${NPROC:-1}
 SEEDS=${SEEDS:-0}
 case "$SCALE" in
-  smoke) DEFAULT_CONFIGS="biased_mnist_2class_rho0.9" ;;
+  smoke) DEFAULT_CONFIGS="biased_mnist_2class_rho0.9 biased_mnist_2class_rho0.9_epsilon" ;;
   paper) DEFAULT_CONFIGS="biased_mnist_2class_rho0.9 biased_mnist_2class_rho0.9_T500 biased_mnist_rho0.3 biased_mnist_rho0.9 biased_mnist_rho0.95 biased_mnist_rho0.99 biased_mnist_rho0.999 multicolor_mnist" ;;
   *) echo "error: SCALE must be smoke or paper, got '$SCALE'" >&2; exit 2 ;;
 esac
