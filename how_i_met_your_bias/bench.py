@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -140,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     train_batch = config.train.batch_size
     results = {
         "command": "make bench-himyb",
-        "hardware": describe_device(device) if device.type != "cpu" else f"CPU {platform.processor() or platform.machine()}",
+        "hardware": describe_device(device),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "config": str(args.config.relative_to(REPO_ROOT)) if args.config.is_absolute() else str(args.config),

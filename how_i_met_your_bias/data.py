@@ -9,7 +9,7 @@ from how_i_met_your_bias.config import ExperimentConfig
 
 
 def build_training_set(config: ExperimentConfig, digit_cache: dict | None = None):
-    """The biased training set of `config`; items are (image in [-1, 1], class, bias label).
+    """Build the biased training set of `config`; items are (image in [-1, 1], class, bias label).
 
     Only the training digits of MNIST are used (the released DDPM-style code
     trained on the MNIST test split).

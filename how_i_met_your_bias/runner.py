@@ -44,7 +44,7 @@ def run_dir_for(config: ExperimentConfig, runs_root: Path) -> Path:
 
 
 def rho_dataset_of(dataset, config: ExperimentConfig) -> dict[str, float]:
-    """Measured fraction of bias-aligned training images, per bias attribute."""
+    """Return the measured fraction of bias-aligned training images, per bias attribute."""
     if config.data.name == "multicolor_mnist":
         left, right = dataset.aligned_fraction()
         return {"left": float(left), "right": float(right)}
@@ -58,14 +58,14 @@ def trained_model_ready(config: ExperimentConfig, run_dir: Path) -> bool:
     found = read_json(record).get("config_hash")
     if found != config.hash():
         raise ConfigError(
-            f"{run_dir} holds a model trained with config hash {found}, but {config.name!r} now hashes to {config.hash()}; "
+            f"{run_dir} contains a model trained with config hash {found}, but {config.name!r} now hashes to {config.hash()}; "
             f"move or delete {run_dir} to train the current config"
         )
     return True
 
 
 def digit_judge(config: ExperimentConfig, runs_root: Path, device: torch.device, ctx: DistContext) -> tuple:
-    """The digit classifier for this image size and digit source, trained once and cached."""
+    """Return the digit classifier for this image size and digit source, trained once and cached."""
     settings = dict(to_dict(config.classifier), source=config.data.source, image_size=config.data.image_size, seed=config.seed)
     folder = Path(runs_root) / PAPER / config.scale / "judges"
     path = folder / f"digits-{config.data.source}-{config.data.image_size}px-{config_hash(settings)[:8]}.safetensors"
@@ -101,7 +101,7 @@ def build_judges(config: ExperimentConfig, dataset, runs_root: Path, device: tor
 
 
 def bffhq_judges(config: ExperimentConfig, runs_root: Path, device: torch.device, ctx: DistContext) -> tuple[Judges, dict]:
-    """Gender (bias) and age (class) classifiers, ResNet-18s trained on the BFFHQ training split."""
+    """Return gender (bias) and age (class) judges: ResNet-18s trained on the BFFHQ training split."""
     from common.data.bffhq import BFFHQ
 
     root = bffhq_root(config)

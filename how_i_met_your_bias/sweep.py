@@ -3,7 +3,7 @@
 For each setting the trained model draws `samples_per_class` images of every
 class, the bias attribute of each image is measured (palette matching for
 the MNIST sets, a gender classifier for BFFHQ), a digit classifier checks
-that the image shows its conditioning class, and the record holds the
+that the image shows its conditioning class, and the record contains the
 class-by-bias counts, rho_model with its exact 95% interval, the bias
 amplification rho_model - rho_dataset and that fidelity.
 
@@ -41,7 +41,7 @@ GRID_DIR = "grids"
 
 @dataclasses.dataclass
 class Judges:
-    """What measures a generated image: its bias attribute(s) and the class it shows."""
+    """Callables that measure a generated image: its bias attribute(s) and the class it shows."""
 
     measure_bias: callable  # images -> (N, A) long tensor, one column per bias attribute; label c is aligned with class c
     attribute_names: tuple[str, ...]
@@ -78,7 +78,7 @@ def generate(
 
 
 def save_grid(path: Path, images: torch.Tensor, labels: torch.Tensor, per_class: int) -> None:
-    """One row per class, `per_class` samples each."""
+    """Save a grid of `per_class` samples per class, one row per class."""
     rows = [images[labels == c][:per_class] for c in labels.unique().tolist()]
     grid = make_grid(torch.cat(rows), nrow=per_class, padding=1, normalize=True, value_range=(-1, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -92,7 +92,7 @@ def record_path(run_dir: Path, setting: SamplerSetting) -> Path:
 
 
 def finished(path: Path, config: ExperimentConfig) -> bool:
-    """Whether `path` holds a record of this model at this sample count (anything else is redone)."""
+    """Return whether `path` contains a record of this model at this sample count (anything else is redone)."""
     if not path.exists():
         return False
     record = read_json(path)

@@ -4,7 +4,7 @@
     python -m how_i_met_your_bias.tables             # rewrite the README tables and the figures
     python -m how_i_met_your_bias.tables --check     # exit 1 when a README table differs from the results
 
-results/<scale>/<experiment>/seed<k>/ holds train.json, one <key>.json per
+results/<scale>/<experiment>/seed<k>/ contains train.json, one <key>.json per
 sampler setting and grids/<key>.png. Records of several seeds of one
 setting are pooled: their counts add up before rho_model and its interval
 are computed.

@@ -26,7 +26,7 @@ def test_sample_rejects_bad_settings(arguments, message, capsys, tmp_path):
     assert message in capsys.readouterr().err
 
 
-def test_sample_without_a_trained_model_says_how_to_train(capsys, tmp_path):
+def test_sample_without_model(capsys, tmp_path):
     code = sample.main(["--config", SMOKE, "--runs-root", str(tmp_path), "--sampler", "ddim", "--steps", "2"])
     assert code == 2
     assert "train first with python -m how_i_met_your_bias.train" in capsys.readouterr().err

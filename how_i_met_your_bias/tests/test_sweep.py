@@ -149,10 +149,12 @@ def test_smoke_config_meets_the_issue_minimums():
     config = load_config(SMOKE)
     settings = sweep_settings(config)
     steps = [s for s, groups in settings.items() if "steps" in groups]
-    assert len({s.sampler for s in steps}) >= 5 and len({s.steps for s in steps}) >= 3
+    assert len({s.sampler for s in steps}) >= 5
+    assert len({s.steps for s in steps}) >= 3
     assert len([s for s, groups in settings.items() if "guidance" in groups]) >= 4
     assert config.sweep.samples_per_class >= 250
-    assert config.data.rho == 0.9 and config.num_classes == 2
+    assert config.data.rho == 0.9
+    assert config.num_classes == 2
 
 
 def test_overrides_of_training_keys_rename_the_run():
