@@ -1,0 +1,1 @@
+"""SANE: Specify ANd Edit, ambiguous instruction decomposition and guidance for instruction-based image editing."""
