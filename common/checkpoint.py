@@ -29,9 +29,18 @@ class CheckpointMismatchError(RuntimeError):
     """A checkpoint written by a run of another config."""
 
 
+class CheckpointReadError(ValueError):
+    """A checkpoint file that cannot be read (truncated or not a checkpoint)."""
+
+
 def load_checkpoint(path: Path, expected_hash: str | None = None) -> dict[str, Any]:
     """Load a checkpoint saved by save_checkpoint; reject one from another config."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, OSError, EOFError, ValueError) as error:
+        raise CheckpointReadError(
+            f"cannot read checkpoint {path} ({error}); delete it to start this run from the beginning"
+        ) from None
     found = state.get("config_hash")
     if expected_hash is not None and found != expected_hash:
         raise CheckpointMismatchError(

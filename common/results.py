@@ -48,8 +48,12 @@ def atomic_write_json(path: Path, data: Any) -> None:
 
 
 def read_json(path: Path) -> Any:
-    with Path(path).open() as handle:
-        return json.load(handle)
+    """Read a JSON file; a file that is not valid JSON raises ValueError naming it."""
+    text = Path(path).read_text()
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path} is not valid JSON ({error}); delete it so that the step that wrote it runs again") from None
 
 
 def git_state() -> dict[str, Any]:

@@ -184,6 +184,9 @@ def validate(config: ExperimentConfig) -> ExperimentConfig:
         try:
             for setting in group_settings(group):
                 setting.validate()
+                _require(setting.steps <= config.noise.num_train_timesteps, where,
+                         f"sweep group {group.name!r} asks for {setting.steps} steps, more than noise.num_train_timesteps="
+                         f"{config.noise.num_train_timesteps}")
                 _require(setting.w == 1.0 or train.label_dropout > 0, where,
                          f"sweep group {group.name!r} uses w={setting.w} but train.label_dropout=0 trains no null class")
         except ValueError as error:

@@ -59,15 +59,19 @@ def save_weights(path: Path, unet: UNet2DModel, config: ExperimentConfig) -> Non
 
 
 def read_metadata(path: Path) -> dict[str, str]:
-    with safetensors.safe_open(str(path), framework="pt") as handle:
-        return handle.metadata() or {}
+    try:
+        with safetensors.safe_open(str(path), framework="pt") as handle:
+            return handle.metadata() or {}
+    except (safetensors.SafetensorError, OSError) as error:
+        raise WeightsMismatchError(f"cannot read model weights {path} ({error}); delete the file and train again") from None
 
 
 def load_weights(path: Path, config: ExperimentConfig) -> UNet2DModel:
     """Build the UNet of `config` and load `path`, refusing weights of another image size or class count."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"no model weights at {path}; train first with python -m how_i_met_your_bias.train --config ...")
+        raise FileNotFoundError(f"no model weights at {path}; train first with python -m how_i_met_your_bias.train --config ... "
+                                f"(a run trained with --set has the folder <name>-set-<hash>; pass the same --set values here)")
     metadata = read_metadata(path)
     for key, expected in (("image_size", config.data.image_size), ("num_classes", config.num_classes)):
         found = metadata.get(key)
@@ -76,9 +80,18 @@ def load_weights(path: Path, config: ExperimentConfig) -> UNet2DModel:
                 f"{path} holds a model with {key}={found}, but config {config.name!r} needs {key}={expected}; "
                 f"sample with the config that trained it, or retrain"
             )
+    found_hash = metadata.get("config_hash")
+    if found_hash != config.hash():
+        raise WeightsMismatchError(
+            f"{path} was trained with config hash {found_hash}, but config {config.name!r} hashes to {config.hash()}; "
+            f"sample with the config and --set values that trained it"
+        )
     unet = build_unet(config)
-    state = load_safetensors(path)
-    missing, unexpected = unet.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = unet.load_state_dict(load_safetensors(path), strict=False)
+    except RuntimeError as error:
+        raise WeightsMismatchError(f"{path} does not fit the UNet of config {config.name!r}: {str(error)[:300]}; "
+                                   f"use the config that trained it") from None
     if missing or unexpected:
         raise WeightsMismatchError(
             f"{path} does not fit the UNet of config {config.name!r} (missing {missing[:3]}, unexpected {unexpected[:3]}); "

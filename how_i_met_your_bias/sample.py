@@ -55,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"--samples-per-class must be at least 1, got {args.samples_per_class}")
         setting = SamplerSetting(args.sampler, args.steps, w=args.w, eta=args.eta, churn=args.churn, order=args.order,
                                  karras=args.karras).validate().normalised()
+        if setting.steps > config.noise.num_train_timesteps:
+            raise ValueError(f"--steps {setting.steps} is more than the model's {config.noise.num_train_timesteps} training timesteps")
         config = dataclasses.replace(config, sweep=dataclasses.replace(config.sweep, samples_per_class=args.samples_per_class))
         device = choose_device(config.device)
         run_dir = run_dir_for(config, args.runs_root)
@@ -65,6 +67,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, ValueError, FileNotFoundError, WeightsMismatchError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted; nothing was written", file=sys.stderr)
+        return 130
     save_grid(args.out, images, labels, min(args.samples_per_class, 16))
     summary = {name: {k: report[k] for k in ("rho_model", "ci_low", "ci_high", "rho_dataset", "amplification", "fidelity")}
                for name, report in record["attributes"].items()}

@@ -75,6 +75,8 @@ class SamplerSetting:
             raise ValueError(f"churn={self.churn} applies only to the euler sampler, not {self.sampler!r}; leave churn at 0")
         if self.order not in (1, 2, 3):
             raise ValueError(f"order must be 1, 2 or 3, got {self.order!r}")
+        if self.order != 2 and self.sampler != "dpmpp":
+            raise ValueError(f"order={self.order} applies only to the dpmpp sampler, not {self.sampler!r}; leave order at 2")
         if self.karras and self.sampler not in SIGMA_SAMPLERS:
             raise ValueError(f"karras sigmas apply to {SIGMA_SAMPLERS}, not {self.sampler!r}")
         return self

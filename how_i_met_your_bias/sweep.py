@@ -82,7 +82,7 @@ def save_grid(path: Path, images: torch.Tensor, labels: torch.Tensor, per_class:
     rows = [images[labels == c][:per_class] for c in labels.unique().tolist()]
     grid = make_grid(torch.cat(rows), nrow=per_class, padding=1, normalize=True, value_range=(-1, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.name}.tmp.png")
+    temp = path.with_name(f".{path.stem}.tmp{path.suffix or '.png'}")
     save_image(grid, temp)
     temp.replace(path)
 
@@ -95,7 +95,11 @@ def finished(path: Path, config: ExperimentConfig) -> bool:
     """Return whether `path` contains a record of this model at this sample count (anything else is redone)."""
     if not path.exists():
         return False
-    record = read_json(path)
+    try:
+        record = read_json(path)
+    except ValueError as error:
+        log.warning("%s; running that setting again", error)
+        return False
     return record.get("config_hash") == config.hash() and record.get("samples_per_class") == config.sweep.samples_per_class
 
 

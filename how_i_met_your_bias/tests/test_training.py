@@ -123,3 +123,31 @@ def test_weights_of_another_image_size_or_class_count_are_refused(tmp_path):
 def test_null_class_has_its_own_embedding_row():
     unet = build_unet(tiny_config())
     assert unet.class_embedding.num_embeddings == 3
+
+
+def test_weights_of_another_config_are_refused(tmp_path):
+    config = tiny_config()
+    path = tmp_path / "ema.safetensors"
+    save_weights(path, build_unet(config), config)
+    other = dataclasses.replace(config, train=dataclasses.replace(config.train, lr=5e-4))
+    with pytest.raises(WeightsMismatchError, match="was trained with config hash"):
+        load_weights(path, other)
+
+
+def test_damaged_weights_name_the_file(tmp_path):
+    config = tiny_config()
+    path = tmp_path / "ema.safetensors"
+    save_weights(path, build_unet(config), config)
+    path.write_bytes(path.read_bytes()[:5000])
+    with pytest.raises(WeightsMismatchError, match="cannot read model weights .*ema.safetensors"):
+        load_weights(path, config)
+
+
+def test_truncated_checkpoint_names_the_file(tmp_path):
+    config = tiny_config(steps=3)
+    training.train_diffusion(config, TinySet(), tmp_path, torch.device("cpu"))
+    (tmp_path / training.TRAIN_RECORD).unlink()
+    checkpoint = tmp_path / training.CHECKPOINT
+    checkpoint.write_bytes(checkpoint.read_bytes()[:10_000])
+    with pytest.raises(ValueError, match="cannot read checkpoint .*checkpoint.pt"):
+        training.train_diffusion(config, TinySet(), tmp_path, torch.device("cpu"))
