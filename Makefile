@@ -11,7 +11,7 @@ DATA ?=
 SEEDS ?=
 CONFIGS ?=
 
-.PHONY: setup test test-fast lint tables check-tables reproduce-bise bench-bise reproduce-himyb bench-himyb clean-runs
+.PHONY: setup test test-fast lint tables check-tables reproduce-bise bench-bise reproduce-himyb bench-himyb reproduce-sane bench-sane clean-runs
 
 setup: $(STAMP)
 
@@ -31,15 +31,17 @@ test-fast: setup
 	$(PY) -m pytest -q -m "not slow"
 
 lint: setup
-	$(VENV)/bin/ruff check common bise how_i_met_your_bias tests
+	$(VENV)/bin/ruff check common bise how_i_met_your_bias sane tests
 
 tables: setup
 	$(PY) -m bise.tables
 	$(PY) -m how_i_met_your_bias.tables
+	$(PY) -m sane.tables
 
 check-tables: setup
 	$(PY) -m bise.tables --check
 	$(PY) -m how_i_met_your_bias.tables --check
+	$(PY) -m sane.tables --check
 
 reproduce-bise: setup
 	SCALE=$(SCALE) RHO="$(RHO)" DATA="$(DATA)" SEEDS="$(SEEDS)" PYTHON=$(PY) bash bise/scripts/reproduce.sh
@@ -53,5 +55,11 @@ reproduce-himyb: setup
 bench-himyb: setup
 	$(PY) -m how_i_met_your_bias.bench
 
+reproduce-sane: setup
+	SCALE=$(SCALE) CONFIGS="$(CONFIGS)" PYTHON=$(PY) HF_HUB_OFFLINE=$(if $(filter smoke,$(SCALE)),1,0) bash sane/scripts/reproduce.sh
+
+bench-sane: setup
+	$(PY) -m sane.bench
+
 clean-runs:
-	rm -rf runs/bise runs/how_i_met_your_bias
+	rm -rf runs/bise runs/how_i_met_your_bias runs/sane

@@ -11,7 +11,7 @@ import torch
 from diffusers import StableDiffusionInstructPix2PixPipeline
 
 from sane.pipeline import SanePipeline, sane_guidance, select_specific
-from sane.tests.tiny_models import tiny_components
+from sane.tiny import tiny_components
 
 
 @pytest.fixture(scope="module")
