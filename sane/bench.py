@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     base = _timed(run_reference, args.repeats) / args.steps
     rows = []
     for count in (1, 3, 5):
-        for split in (None, 3):
+        for split in (None, 3 * args.batch):  # the split option at the size of InstructPix2Pix's UNet call
             specific = [[f"specific edit {k}" for k in range(count)] for _ in range(args.batch)]
 
             def run_sane():
