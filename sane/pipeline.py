@@ -1,7 +1,7 @@
 """SANE guidance on top of diffusers' InstructPix2Pix pipeline.
 
-At every denoising step the UNet sees, for each image, 3 + N inputs that
-share the noisy latent:
+At every denoising step the UNet receives, for each image, 3 + N inputs
+that share the noisy latent:
 
     eps_T  the ambiguous instruction and the image
     eps_I  empty text and the image

@@ -80,7 +80,7 @@ def test_guidance_matches_a_hand_computation():
     assert torch.equal(one_hot.sum(dim=0), torch.ones(2, 2, 2))
 
 
-def test_one_hot_keeps_n_classes_when_one_instruction_never_wins():
+def test_one_hot_keeps_unused_class():
     eps_image = torch.zeros(1, 2, 2)
     eps_specific = torch.stack([torch.full((1, 2, 2), 5.0), torch.full((1, 2, 2), 0.1), torch.full((1, 2, 2), 0.2)])
     _, one_hot = select_specific(eps_image, eps_specific)

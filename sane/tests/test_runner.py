@@ -14,7 +14,7 @@ SMOKE = "sane/configs/smoke/photos_run.yaml"
 
 
 class FixedBackend:
-    """A language model that always answers with the same three edits."""
+    """A language model stub that always returns the same three edits."""
 
     name = "fixed"
 
