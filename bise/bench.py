@@ -24,22 +24,12 @@ from bise.aux import train_aux
 from bise.losses import batch_mutual_information, reweighted_cross_entropy
 from bise.models import BiasClassifier, SimpleConvNet
 from bise.prune import count_macs, export_pruned, random_masks
+from common.benchmark import median_time
 from common.data.biased_mnist import build_splits
 from common.data.mnist import load_embedded_mnist
 from common.device import autocast, choose_device, describe_device
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-
-
-def _timed(function, repeats: int) -> float:
-    """Median wall time (s) of `function` over `repeats` calls, after one warm-up call."""
-    function()
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - started)
-    return sorted(times)[len(times) // 2]
 
 
 def bench_training(device, precision: str, batch_size: int, repeats: int) -> dict[str, float]:
@@ -79,8 +69,8 @@ def bench_training(device, precision: str, batch_size: int, repeats: int) -> dic
         gate_optimizer.step()
 
     return {
-        "vanilla_images_per_s": batch_size / _timed(vanilla_step, repeats),
-        "gates_images_per_s": batch_size / _timed(gate_step, repeats),
+        "vanilla_images_per_s": batch_size / median_time(vanilla_step, repeats),
+        "gates_images_per_s": batch_size / median_time(gate_step, repeats),
     }
 
 
@@ -111,8 +101,8 @@ def bench_inference(device, batch_size: int, repeats: int, kept: list[int], memo
     pruned = pruned.to(device, memory_format=memory_format)
     images = torch.randn(batch_size, 3, 28, 28, device=device).contiguous(memory_format=memory_format)
     with torch.no_grad():
-        gated_s = _timed(lambda: gated(images), repeats)
-        pruned_s = _timed(lambda: pruned(images), repeats)
+        gated_s = median_time(lambda: gated(images), repeats)
+        pruned_s = median_time(lambda: pruned(images), repeats)
     macs_ratio = count_macs(pruned.cpu()) / count_macs(SimpleConvNet())
     time_ratio = pruned_s / gated_s
     return {

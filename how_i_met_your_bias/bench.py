@@ -14,11 +14,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import torch
 
+from common.benchmark import median_time
 from common.device import autocast, choose_device, describe_device
 from how_i_met_your_bias.config import load_config
 from how_i_met_your_bias.model import build_unet, count_parameters
@@ -36,16 +36,6 @@ SETTINGS = [
     SamplerSetting("heun", 10),
     SamplerSetting("dpmpp", 10, order=3, w=2.0),
 ]
-
-
-def _median_time(function, repeats: int) -> float:
-    function()
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - started)
-    return sorted(times)[len(times) // 2]
 
 
 @torch.no_grad()
@@ -68,8 +58,8 @@ def bench_sampler(unet, config, setting: SamplerSetting, images: int, device, re
 
     evaluations = setting.unet_evaluations(images)
     calls = evaluations // unet_batch
-    sampler_s = _median_time(run_sampler, repeats)
-    unet_s = _median_time(run_unet, repeats * 3)
+    sampler_s = median_time(run_sampler, repeats)
+    unet_s = median_time(run_unet, repeats * 3)
     sampler_rate = evaluations / sampler_s
     unet_rate = unet_batch / unet_s
     return {"setting": setting.key, "images": images, "unet_batch": unet_batch, "unet_calls": calls,
@@ -91,7 +81,7 @@ def bench_training(config, device, batch_size: int, repeats: int) -> float:
         loss.backward()
         optimizer.step()
 
-    return batch_size / _median_time(step, repeats)
+    return batch_size / median_time(step, repeats)
 
 
 def write_report(results: dict, out_dir: Path) -> Path:

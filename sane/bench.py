@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +22,7 @@ import torch
 from diffusers import AutoencoderKL, EulerAncestralDiscreteScheduler, StableDiffusionInstructPix2PixPipeline, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel
 
+from common.benchmark import median_time
 from common.device import choose_device, describe_device
 from sane.pipeline import SanePipeline
 
@@ -56,20 +56,6 @@ def peak_text(peak_mib: float | None) -> str:
     return "-" if peak_mib is None else f"{peak_mib:.0f}"
 
 
-def _timed(function, repeats: int) -> float:
-    function()
-    times = []
-    for _ in range(repeats):
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        started = time.perf_counter()
-        function()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - started)
-    return sorted(times)[len(times) // 2]
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=int, default=2, help="images per call")
@@ -92,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         reference(prompt=instructions, image=images, num_inference_steps=args.steps, generator=torch.Generator().manual_seed(0),
                   output_type="latent")
 
-    base = _timed(run_reference, args.repeats) / args.steps
+    base = median_time(run_reference, args.repeats) / args.steps
     rows = []
     for count in (1, 3, 5):
         for split in (None, 3 * args.batch):  # the split option at the size of InstructPix2Pix's UNet call
@@ -104,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
 
             if torch.cuda.is_available():
                 torch.cuda.reset_peak_memory_stats()
-            step = _timed(run_sane, args.repeats) / args.steps
+            step = median_time(run_sane, args.repeats) / args.steps
             peak = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
             budget = 1.05 * (3 + count) / 3
             rows.append({"n": count, "max_unet_batch": split, "sane_step_s": step, "ip2p_step_s": base, "ratio": step / base,
