@@ -293,7 +293,7 @@ def _http_status_fix(status: int, api_key_env: str) -> str:
     if status == 404:
         return "check the base URL (it ends before /chat/completions, e.g. http://127.0.0.1:8000/v1) and the model name"
     if status in TRANSIENT_HTTP_STATUSES:
-        return "the server is overloaded or failing; retry later or raise max_retries"
+        return "the server is overloaded or failing; retry later (finished items are kept and skipped on the rerun)"
     return "check the request settings (model name, max_tokens) against the server's documentation"
 
 
@@ -980,11 +980,15 @@ def main(argv: Sequence[str] | None = None, *, backend: Backend | None = None, c
     if captioner is None and args.captioner:
         captioner = Captioner(args.captioner, device=args.device)
 
-    report = decompose_folder(
-        args.folder, args.n, backend, out_dir=args.out, captioner=captioner, overwrite=args.overwrite,
-        cache_dir=args.cache, max_attempts=args.max_attempts, on_shortfall=args.on_shortfall, seed=args.seed,
-        max_new_tokens=args.max_new_tokens,
-    )
+    try:
+        report = decompose_folder(
+            args.folder, args.n, backend, out_dir=args.out, captioner=captioner, overwrite=args.overwrite,
+            cache_dir=args.cache, max_attempts=args.max_attempts, on_shortfall=args.on_shortfall, seed=args.seed,
+            max_new_tokens=args.max_new_tokens,
+        )
+    except (DecompositionError, ValueError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     print(f"{len(report.written)} written, {len(report.skipped)} skipped, {len(report.errors)} failed")
     for stem, message in report.errors.items():
         print(f"failed {stem}: {message}", file=sys.stderr)

@@ -21,7 +21,7 @@ import torch
 from common.device import choose_device
 from sane.data import load_image, resize_for_vae
 from sane.decompose import DecompositionError, OpenAIChatBackend, TransformersBackend, decompose
-from sane.pipeline import SCHEDULERS, SanePipeline
+from sane.pipeline import SCHEDULERS, SanePipeline, check_scale
 from sane.runner import contact_sheet
 
 
@@ -51,6 +51,10 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError("--instruction is empty; give the edit to make, e.g. \"make it look vintage\"")
         if args.n < 0:
             raise ValueError(f"--n must be 0 or more, got {args.n}")
+        for name, value in (("--s-text", args.s_text), ("--s-image", args.s_image), ("--s-additional", args.s_additional)):
+            check_scale(name, value)
+        if args.scheduler not in SCHEDULERS:
+            raise ValueError(f"unknown --scheduler {args.scheduler!r}; expected one of {sorted(SCHEDULERS)}")
         if args.size < 8 or args.size % 8:
             raise ValueError(f"--size must be a positive multiple of 8, got {args.size}")
         image = resize_for_vae(load_image(args.image, size=args.size))

@@ -15,6 +15,7 @@ stopped midway resumes without redoing finished images.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import sys
 import time
@@ -136,6 +137,18 @@ def edit_item(pipeline: SanePipeline, config: RunConfig, image: PIL.Image.Image,
     return {"timings": timings, "selection_share": shares}
 
 
+def input_key(item) -> str:
+    """Return a digest of what an item's edit depends on: image bytes, instruction and captions."""
+    digest = hashlib.sha256()
+    if item.image_path is not None:
+        digest.update(Path(item.image_path).read_bytes())
+    else:
+        digest.update(item.load_image().tobytes())
+    for text in (item.instruction, item.input_caption or "", item.output_caption or ""):
+        digest.update(b"\0" + text.encode())
+    return digest.hexdigest()[:16]
+
+
 def run(config: RunConfig, runs_root: Path = DEFAULT_RUNS_ROOT) -> dict:
     """Run (or resume) `config` and return its metrics."""
     run_dir = run_dir_for(config, runs_root)
@@ -147,8 +160,13 @@ def run(config: RunConfig, runs_root: Path = DEFAULT_RUNS_ROOT) -> dict:
     backend, pipeline = None, None
     for item in tqdm(items, desc=f"sane {config.name}", disable=not sys.stderr.isatty()):
         record_path = run_dir / "items" / f"{item.id}.json"
-        if record_path.exists() and read_json(record_path).get("config_hash") == config.hash():
-            continue
+        key = input_key(item)
+        if record_path.exists():
+            record = read_json(record_path)
+            if record.get("config_hash") == config.hash() and record.get("input_key") == key:
+                log.info("%s: %s already edited, skipping", config.name, item.id)
+                continue
+            log.info("%s: %s changed since its last edit (image, instruction, caption or config); editing it again", config.name, item.id)
         caption = item.input_caption
         if caption is None:
             raise ConfigError(f"image {item.id!r} has no caption; add <stem>.caption.txt or caption the set with sane.decompose")
@@ -172,6 +190,7 @@ def run(config: RunConfig, runs_root: Path = DEFAULT_RUNS_ROOT) -> dict:
             "id": item.id, "instruction": item.instruction, "caption": caption, "specific": specific,
             "decomposition_s": round(decomposition_s, 2), "decomposition_from_cache": bool(decomposition and decomposition.from_cache),
             "decomposition_padded": bool(decomposition and decomposition.padded), **edits, "config_hash": config.hash(),
+            "input_key": key,
         })
         log.info("%s: %s edited (%d specific instructions)", config.name, item.id, len(specific))
     return measure(config, items, run_dir, device, time.perf_counter() - started)

@@ -85,3 +85,16 @@ def test_missing_caption_is_an_error(folder, tmp_path, monkeypatch):
     config = load_config(SMOKE, {"data.source": "folder", "data.path": str(folder), "data.image_size": 32, "editor.steps": 2})
     with pytest.raises(ConfigError, match="image 'a' has no caption"):
         runner.run(config, tmp_path / "runs")
+
+
+def test_changed_instruction_is_edited_again(folder, tmp_path, monkeypatch):
+    monkeypatch.setattr(runner, "build_backend", lambda config: FixedBackend())
+    config = load_config(SMOKE, {"data.source": "folder", "data.path": str(folder), "data.image_size": 32, "editor.steps": 2})
+    runs = tmp_path / "runs"
+    runner.run(config, runs)
+    (folder / "a.txt").write_text("make it look like a painting\n")
+    edited = []
+    original = runner.edit_item
+    monkeypatch.setattr(runner, "edit_item", lambda *args, **kwargs: (edited.append(args[3]), original(*args, **kwargs))[1])
+    runner.run(config, runs)
+    assert edited == ["make it look like a painting"]
