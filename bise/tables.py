@@ -18,7 +18,7 @@ from pathlib import Path
 import yaml
 
 from bise.config import FOLDER_KEEPING_OVERRIDES
-from common.results import atomic_write_text, check_tables, fill_tables, markdown_table, read_json
+from common.results import atomic_write_text, fill_tables, markdown_table, read_json, verify_tables
 
 log = logging.getLogger(__name__)
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -246,12 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     records = load_results()
     tables = build_tables(records)
     if args.check:
-        stale = check_tables(README, tables)
-        if stale:
-            print(f"error: tables {stale} in {README} differ from bise/results/; run `make tables` and commit the README", file=sys.stderr)
-            return 1
-        print(f"{README}: {len(tables)} tables match {len(records)} result files")
-        return 0
+        return verify_tables(README, tables, results_dir="bise/results/", sources=f"{len(records)} result files")
     atomic_write_text(README, fill_tables(README, tables))
     plot_gate_training(records)
     print(f"wrote {len(tables)} tables from {len(records)} result files into {README}")

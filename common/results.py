@@ -18,6 +18,7 @@ import os
 import platform
 import re
 import subprocess
+import sys
 import tempfile
 from importlib import metadata
 from pathlib import Path
@@ -131,3 +132,18 @@ def check_tables(readme: Path, tables: dict[str, str]) -> list[str]:
         if match is None or match.group(2).rstrip("\n") != body.rstrip("\n"):
             stale.append(name)
     return stale
+
+
+def verify_tables(readme: Path, tables: dict[str, str], *, results_dir: str, sources: str) -> int:
+    """Print whether the README tables match the results and return the exit status of a --check run.
+
+    `results_dir` names the folder of result files in the message and `sources`
+    says what the tables were built from (e.g. "17 result files").
+    """
+    stale = check_tables(readme, tables)
+    if stale:
+        print(f"error: tables {stale} in {readme} differ from {results_dir}; run `make tables` and commit the README", file=sys.stderr)
+        return 1
+    print(f"{readme}: {len(tables)} tables match {sources}")
+    return 0
+

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from common.results import atomic_write_text, check_tables, fill_tables, markdown_table, read_json
+from common.results import atomic_write_text, fill_tables, markdown_table, read_json, verify_tables
 from how_i_met_your_bias.config import LOCATION_KEYS
 from how_i_met_your_bias.metrics import clopper_pearson
 
@@ -336,13 +336,7 @@ def main(argv: list[str] | None = None) -> int:
     tables = build_tables(experiments, released)
     count = sum(len(e.settings) for e in experiments)
     if args.check:
-        stale = check_tables(README, tables)
-        if stale:
-            print(f"error: tables {stale} in {README} differ from how_i_met_your_bias/results/; run `make tables` and commit the README",
-                  file=sys.stderr)
-            return 1
-        print(f"{README}: {len(tables)} tables match {count} sweep settings")
-        return 0
+        return verify_tables(README, tables, results_dir="how_i_met_your_bias/results/", sources=f"{count} sweep settings")
     atomic_write_text(README, fill_tables(README, tables))
     figures = plot_figures(experiments, released)
     print(f"wrote {len(tables)} tables from {count} sweep settings into {README} and {len(figures)} figures")

@@ -13,7 +13,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from common.results import atomic_write_text, check_tables, fill_tables, markdown_table, read_json
+from common.results import atomic_write_text, fill_tables, markdown_table, read_json, verify_tables
 
 log = logging.getLogger(__name__)
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -67,12 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         log.info("copied %d result files from %s", collect(args.runs_root), args.runs_root)
     tables, count = build_tables()
     if args.check:
-        stale = check_tables(README, tables)
-        if stale:
-            print(f"error: tables {stale} in {README} differ from sane/results/; run `make tables` and commit the README", file=sys.stderr)
-            return 1
-        print(f"{README}: {len(tables)} tables match {count} result files")
-        return 0
+        return verify_tables(README, tables, results_dir="sane/results/", sources=f"{count} result files")
     atomic_write_text(README, fill_tables(README, tables))
     print(f"wrote {len(tables)} tables from {count} result files into {README}")
     return 0
