@@ -1,13 +1,13 @@
 """The sampler sweep: one result record and one sample grid per setting.
 
 For each setting the trained model draws `samples_per_class` images of every
-class, the bias attribute of each image is measured (palette matching for
-the MNIST sets, a gender classifier for BFFHQ), a digit classifier checks
-that the image shows its conditioning class, and the record contains the
+class. Each image's bias attribute is measured: palette matching for the
+MNIST sets, a gender classifier for BFFHQ. A digit classifier checks that
+the image shows its conditioning class. The record contains the
 class-by-bias counts, rho_model with its exact 95% interval, the bias
 amplification rho_model - rho_dataset and that fidelity.
 
-Records are written atomically as each setting finishes; a rerun skips the
+Records are written atomically as each setting finishes. A rerun skips the
 settings whose record matches the model and the sample count, so an
 interrupted sweep resumes where it stopped. Under torchrun the settings are
 shared out between the processes.
