@@ -31,7 +31,7 @@ test-fast: setup
 	$(PY) -m pytest -q -m "not slow"
 
 lint: setup
-	$(VENV)/bin/ruff check common bise how_i_met_your_bias sane tests
+	$(VENV)/bin/ruff check common bise how_i_met_your_bias sane modulation_adapters tests
 
 tables: setup
 	$(PY) -m bise.tables
