@@ -11,8 +11,8 @@ Adapters of a 3x3 convolution, per domain d:
   (output, input) channel pair by M_d = 1 + A_d B_d^T (rank r) or 1 + D_d
   (full rank). A_d and D_d start at zero, so the adapted network starts equal
   to the backbone. The modulated weight is computed once per forward pass.
-- series: a 1x1 convolution with its own BatchNorm after the 3x3 one,
-  x + BN(conv1x1(x)), zero-initialised.
+- series: a 1x1 convolution after the 3x3 one, y + conv1x1(y), zero-initialised
+  (the block's per-domain BatchNorm follows it).
 - parallel: a 1x1 convolution on the block input added to the 3x3 output.
 
 NOTE: the exact shape and initialisation of the modulation were not in the
@@ -63,7 +63,6 @@ class AdaptedConv3x3(nn.Module):
                 self.right = nn.ParameterList(nn.Parameter(torch.randn(in_channels, rank) / rank**0.5) for _ in range(num_domains))
         elif adapter == "series":
             self.series = nn.ModuleList(nn.Conv2d(out_channels, out_channels, 1, bias=False) for _ in range(num_domains))
-            self.series_norm = DomainBatchNorm(out_channels, num_domains)
             for conv in self.series:
                 nn.init.zeros_(conv.weight)
         elif adapter == "parallel":
@@ -83,8 +82,7 @@ class AdaptedConv3x3(nn.Module):
             return F.conv2d(x, weight, stride=self.stride, padding=1)
         out = self.conv(x)
         if self.adapter == "series":
-            self.series_norm.domain = self.domain
-            return out + self.series_norm(self.series[self.domain](out))
+            return out + self.series[self.domain](out)
         if self.adapter == "parallel":
             return out + self.parallel[self.domain](x)
         return out
@@ -93,7 +91,7 @@ class AdaptedConv3x3(nn.Module):
         if self.adapter == "modulation":
             return [self.delta[domain]] if self.rank is None else [self.left[domain], self.right[domain]]
         if self.adapter == "series":
-            return [self.series[domain].weight, *self.series_norm.norms[domain].parameters()]
+            return [self.series[domain].weight]
         if self.adapter == "parallel":
             return [self.parallel[domain].weight]
         return []
@@ -163,13 +161,9 @@ class ResNet26(nn.Module):
         for module in self.modules():
             if isinstance(module, AdaptedConv3x3):
                 parameters += module.domain_parameters(domain)
-            elif isinstance(module, DomainBatchNorm) and batchnorm and not _is_series_norm(self, module):
+            elif isinstance(module, DomainBatchNorm) and batchnorm:
                 parameters += list(module.norms[domain].parameters())
         return parameters + list(self.heads[domain].parameters())
-
-
-def _is_series_norm(model: ResNet26, norm: DomainBatchNorm) -> bool:
-    return any(isinstance(m, AdaptedConv3x3) and m.adapter == "series" and m.series_norm is norm for m in model.modules())
 
 
 def count(parameters: list[nn.Parameter]) -> int:
