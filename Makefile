@@ -37,11 +37,13 @@ tables: setup
 	$(PY) -m bise.tables
 	$(PY) -m how_i_met_your_bias.tables
 	$(PY) -m sane.tables
+	$(PY) -m modulation_adapters.tables
 
 check-tables: setup
 	$(PY) -m bise.tables --check
 	$(PY) -m how_i_met_your_bias.tables --check
 	$(PY) -m sane.tables --check
+	$(PY) -m modulation_adapters.tables --check
 
 reproduce-bise: setup
 	SCALE=$(SCALE) RHO="$(RHO)" DATA="$(DATA)" SEEDS="$(SEEDS)" PYTHON=$(PY) bash bise/scripts/reproduce.sh
