@@ -11,7 +11,7 @@ DATA ?=
 SEEDS ?=
 CONFIGS ?=
 
-.PHONY: setup test test-fast lint tables check-tables reproduce-bise bench-bise reproduce-himyb bench-himyb reproduce-sane bench-sane clean-runs
+.PHONY: setup test test-fast lint tables check-tables reproduce-bise bench-bise reproduce-himyb bench-himyb reproduce-sane bench-sane reproduce-modadapters bench-modadapters clean-runs
 
 setup: $(STAMP)
 
@@ -63,5 +63,11 @@ reproduce-sane: setup
 bench-sane: setup
 	$(PY) -m sane.bench
 
+reproduce-modadapters: setup
+	SCALE=$(SCALE) PYTHON=$(PY) bash modulation_adapters/scripts/reproduce.sh
+
+bench-modadapters: setup
+	$(PY) -m modulation_adapters.bench
+
 clean-runs:
-	rm -rf runs/bise runs/how_i_met_your_bias runs/sane
+	rm -rf runs/bise runs/how_i_met_your_bias runs/sane runs/modulation_adapters
