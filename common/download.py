@@ -11,6 +11,7 @@ land outside the destination folder.
 from __future__ import annotations
 
 import hashlib
+import html.parser
 import http.client
 import logging
 import os
@@ -20,6 +21,7 @@ import socket
 import tarfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
 import zipfile
@@ -47,6 +49,7 @@ MIRROR_ENV = "REPRO_MIRROR"
 DEFAULT_DATA_ROOT = Path("~/.cache/repro-papers")
 
 _CHUNK_BYTES = 1 << 20
+_MAX_CONFIRMATION_PAGE_BYTES = 1 << 20  # a confirmation page is a few kB
 _USER_AGENT = "repro-papers-downloader/1.0 (Python urllib)"
 # HTTP statuses worth retrying because they report a temporary state (timeout, rate limit, overload, gateway error).
 _TRANSIENT_HTTP_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
@@ -67,6 +70,8 @@ class ChecksumError(DownloadError):
 
 class HTMLPageError(DownloadError):
     """A server returned an HTML page (confirmation page, login wall, error page) instead of the file."""
+
+    page: str = ""  # the start of the HTML page, read so that a download confirmation form can be followed
 
 
 class UnsafeArchiveError(ValueError):
@@ -299,7 +304,15 @@ def _copy_from_folder(folder: Path, target: _Target) -> None:
 def _fetch_from_url(url: str, target: _Target, options: _HTTPOptions) -> None:
     """Download url to the destination through the .part file, verify it and rename it into place."""
     resumed_previous_run = target.part.exists() and target.part.stat().st_size > 0
-    _download_with_retries(url, target, options)
+    try:
+        _download_with_retries(url, target, options)
+    except HTMLPageError as error:
+        confirmed = _confirmation_url(url, error.page)
+        if confirmed is None:
+            raise
+        logger.info("%s returned a download confirmation page (Google Drive's large-file warning); following its form", url)
+        url = confirmed
+        _download_with_retries(url, target, options)
     mismatch = _first_mismatch(target.part, target.checksums)
 
     if mismatch is not None and resumed_previous_run:
@@ -320,6 +333,35 @@ def _fetch_from_url(url: str, target: _Target, options: _HTTPOptions) -> None:
 
     os.replace(target.part, target.dest)
     logger.info("Saved verified %s to %s", url, target.dest)
+
+
+class _ConfirmationForm(html.parser.HTMLParser):
+    """Collects the action and hidden inputs of a page's form that has a `confirm` input."""
+
+    def __init__(self):
+        super().__init__()
+        self.forms: list[tuple[str, dict[str, str]]] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        values = {name: value or "" for name, value in attrs}
+        if tag == "form":
+            self.forms.append((values.get("action", ""), {}))
+        elif tag == "input" and self.forms and values.get("type") == "hidden" and values.get("name"):
+            self.forms[-1][1][values["name"]] = values.get("value", "")
+
+
+def _confirmation_url(url: str, page: str) -> str | None:
+    """Return the URL that Google Drive's download confirmation form on `page` points to, or None.
+
+    Drive answers a request for a large file with an HTML page whose form
+    (hidden inputs id, export, confirm, uuid) leads to the file itself.
+    """
+    parser = _ConfirmationForm()
+    parser.feed(page)
+    for action, inputs in parser.forms:
+        if "confirm" in inputs and action:
+            return urllib.parse.urljoin(url, action) + "?" + urllib.parse.urlencode(inputs)
+    return None
 
 
 def _checksum_error(source: str, target: _Target, mismatch: tuple[str, str, str]) -> ChecksumError:
@@ -420,7 +462,12 @@ def _raise_for_http_status(url: str, status: int, reason: str) -> None:
 def _check_not_html_content_type(url: str, response: http.client.HTTPResponse, target: _Target) -> None:
     content_type = response.headers.get("Content-Type", "")
     if "text/html" in content_type.lower():
-        raise _html_page_error(url, f"Content-Type {content_type!r}", target)
+        error = _html_page_error(url, f"Content-Type {content_type!r}", target)
+        try:
+            error.page = response.read(_MAX_CONFIRMATION_PAGE_BYTES).decode("utf-8", errors="replace")
+        except (http.client.HTTPException, OSError):
+            pass
+        raise error
 
 
 def _html_page_error(url: str, evidence: str, target: _Target) -> HTMLPageError:
@@ -467,7 +514,9 @@ def _copy_body(
         raise _TransientError(f"reading the response failed: {error}") from error
 
     if not append and _looks_like_html(first_chunk):
-        raise _html_page_error(url, "the body starts with an HTML tag", target)
+        error = _html_page_error(url, "the body starts with an HTML tag", target)
+        error.page = first_chunk.decode("utf-8", errors="replace")
+        raise error
 
     progress = tqdm(
         total=None if expected_bytes is None else offset + expected_bytes,

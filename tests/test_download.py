@@ -37,6 +37,10 @@ PAYLOAD_SHA256 = hashlib.sha256(PAYLOAD).hexdigest()
 WRONG_PAYLOAD = b"not the file you are looking for" * 100
 HTML_PAGE = b"<!DOCTYPE html><html><head><title>Google Drive - Virus scan warning</title></head></html>"
 RELPATH = "dataset/payload.bin"
+DRIVE_PAGE = (b'<!DOCTYPE html><html><body><form id="download-form" action="/drive-download" method="get">'
+              b'<input type="hidden" name="id" value="abc"><input type="hidden" name="export" value="download">'
+              b'<input type="hidden" name="confirm" value="t"><input type="hidden" name="uuid" value="42">'
+              b'<input type="submit" value="Download anyway"></form></body></html>')
 FAST = {"backoff_s": 0.01, "timeout_s": 5.0}
 
 
@@ -75,6 +79,10 @@ def make_handler(state: ServerState) -> type[http.server.BaseHTTPRequestHandler]
                 self.send_truncated_once()
             elif self.path == "/wrong.bin":
                 self.send_bytes(200, WRONG_PAYLOAD)
+            elif self.path == "/drive-page":
+                self.send_bytes(200, DRIVE_PAGE, content_type="text/html; charset=utf-8")
+            elif self.path == "/drive-download?id=abc&export=download&confirm=t&uuid=42":
+                self.send_with_range(PAYLOAD)
             elif self.path == "/page.html":
                 self.send_bytes(200, HTML_PAGE, content_type="text/html; charset=utf-8")
             elif self.path == "/html-as-binary.bin":
@@ -686,3 +694,15 @@ def test_extract_rejects_unknown_type(tmp_path: Path) -> None:
 
     with pytest.raises(ValueError, match=r"\.zip"):
         extract_archive(archive, tmp_path / "out")
+
+
+def test_drive_confirmation_page_is_followed(server, tmp_path):
+    path = fetch(f"{server.base_url}/drive-page", RELPATH, sha256=PAYLOAD_SHA256, root=tmp_path, **FAST)
+    assert path.read_bytes() == PAYLOAD
+    assert server.paths()[-1] == "/drive-download?id=abc&export=download&confirm=t&uuid=42"
+
+
+def test_html_page_without_confirmation_form_is_still_an_error(server, tmp_path):
+    with pytest.raises(HTMLPageError, match="returned an HTML page"):
+        fetch(f"{server.base_url}/page.html", RELPATH, sha256=PAYLOAD_SHA256, root=tmp_path, **FAST)
+

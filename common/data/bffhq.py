@@ -29,10 +29,10 @@ requires ``md5=`` or ``sha256=`` from the caller and raises ValueError without
 one. Compute it once on a copy you trust (``sha256sum bffhq.zip``) and keep it
 in your config. An extracted folder passed as ``root`` needs no checksum.
 
-Google Drive: common.download.fetch does not get past Drive's download
-confirmation page and raises HTMLPageError on it. ARCHIVE_URL includes ``confirm=t``
-so that Drive skips that page. If Drive returns a page anyway, the error
-explains how to download the archive by hand and use it through
+Google Drive: ARCHIVE_URL includes ``confirm=t`` so that Drive skips its
+download confirmation page, and common.download.fetch follows the page's form
+when Drive returns it anyway. Any other HTML page raises HTMLPageError, whose
+message explains how to download the archive by hand and use it through
 ``REPRO_MIRROR`` or ``root``.
 """
 
