@@ -353,7 +353,7 @@ class _ConfirmationForm(html.parser.HTMLParser):
 def _confirmation_url(url: str, page: str) -> str | None:
     """Return the URL that Google Drive's download confirmation form on `page` points to, or None.
 
-    Drive answers a request for a large file with an HTML page whose form
+    Drive replies to a request for a large file with an HTML page whose form
     (hidden inputs id, export, confirm, uuid) leads to the file itself.
     """
     parser = _ConfirmationForm()

@@ -138,7 +138,7 @@ def verify_tables(readme: Path, tables: dict[str, str], *, results_dir: str, sou
     """Print whether the README tables match the results and return the exit status of a --check run.
 
     `results_dir` names the folder of result files in the message and `sources`
-    says what the tables were built from (e.g. "17 result files").
+    describes what the tables were built from (e.g. "17 result files").
     """
     stale = check_tables(readme, tables)
     if stale:

@@ -1,1 +1,1 @@
-"""How I Met Your Bias: bias amplification across diffusion samplers (Roos et al., WACV 2026)."""
+"""Re-implementation of "How I Met Your Bias": bias amplification across diffusion samplers (Roos et al., WACV 2026)."""

@@ -3,9 +3,9 @@
 The digit classifier checks whether a generated Biased MNIST image shows its
 conditioning digit. It is trained on unbiased Biased MNIST (rho = 0.1, so
 colour carries no information about the digit) built from MNIST training
-digits only, with a held-out validation part. The gender classifier stands in
-for the vision-language model that the released code asked about each BFFHQ
-sample, and is trained from scratch on the BFFHQ training split's bias label.
+digits only, with a held-out validation part. The gender classifier replaces
+the vision-language model that the released code queried about each BFFHQ
+sample. It is trained from scratch on the BFFHQ training split's bias label.
 
 Datasets passed to `train_classifier` yield (image in [-1, 1], target, bias)
 triples. `label` selects which of target and bias the classifier learns.

@@ -210,7 +210,7 @@ def group_settings(group: SweepGroup) -> list:
 
 
 def sweep_settings(config: ExperimentConfig) -> dict:
-    """Every distinct setting of the sweep mapped to the names of the groups that list it."""
+    """Map every distinct setting of the sweep to the names of the groups that list it."""
     settings: dict = {}
     for group in config.sweep.groups:
         for setting in group_settings(group):

@@ -41,7 +41,7 @@ def build_training_set(config: ExperimentConfig, digit_cache: dict | None = None
 
 
 def conditioning_digits(config: ExperimentConfig) -> list[int] | None:
-    """The MNIST digit each class shows, or None for sets that are not digits."""
+    """Return the MNIST digit each class shows, or None for sets that are not digits."""
     if config.data.name == "biased_mnist_2class":
         return list(config.data.digits)
     if config.data.name in ("biased_mnist", "multicolor_mnist"):

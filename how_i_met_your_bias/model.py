@@ -77,7 +77,7 @@ def load_weights(path: Path, config: ExperimentConfig) -> UNet2DModel:
         found = metadata.get(key)
         if found is None or int(found) != expected:
             raise WeightsMismatchError(
-                f"{path} holds a model with {key}={found}, but config {config.name!r} needs {key}={expected}; "
+                f"{path} contains a model with {key}={found}, but config {config.name!r} needs {key}={expected}; "
                 f"sample with the config that trained it, or retrain"
             )
     found_hash = metadata.get("config_hash")

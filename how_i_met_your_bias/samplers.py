@@ -8,8 +8,8 @@ so w = 1 is plain conditional sampling and w = 0 is unconditional sampling
 with the trained null class. The released code mixed this with the
 (1 + w) * cond - w * uncond convention; a weight from there converts as
 w_here = 1 + w_there. A model that predicts v instead of the noise is
-combined by the same formula: at a fixed x_t the noise is an affine function
-of v, and the two weights sum to 1, so the guided noise is the same.
+combined by the same formula. At a fixed x_t the noise is an affine function
+of v and the two weights sum to 1, so the guided noise is the same.
 
 Every scheduler is built from the noise schedule the model was trained with
 (same T and betas), so the timesteps it feeds the UNet are on the training
@@ -112,7 +112,7 @@ class SamplerSetting:
 
 
 def build_scheduler(setting: SamplerSetting, noise: NoiseConfig) -> SchedulerMixin:
-    """A fresh diffusers scheduler for `setting` on the training noise schedule."""
+    """Build a fresh diffusers scheduler for `setting` on the training noise schedule."""
     setting.validate()
     kwargs = dict(
         num_train_timesteps=noise.num_train_timesteps,

@@ -84,7 +84,7 @@ class Experiment:
                 "seeds": len(records), "evals_per_s": float(np.mean([r["unet_evaluations_per_s"] for r in records]))}
 
     def in_group(self, group: str) -> list[dict]:
-        """One representative record (the first seed's) per setting of `group`."""
+        """Return one representative record (the first seed's) per setting of `group`."""
         return [records[0] for records in self.settings.values() if group in records[0]["groups"]]
 
     @property
@@ -208,7 +208,7 @@ def knob_table(experiments: list[Experiment], group: str, knob: str, released: d
 
 
 def fidelity_table(experiments: list[Experiment]) -> str:
-    """Whether samples show their conditioning class: the recognisability check of every experiment."""
+    """Build the table of whether samples show their conditioning class, for every experiment."""
     header = ["scale", "experiment", "prediction", "setting", "fidelity [95% CI]", "rho_model [95% CI]", "samples", "hardware"]
     rows = []
     for e in experiments:

@@ -702,7 +702,7 @@ def test_drive_confirmation_page_is_followed(server, tmp_path):
     assert server.paths()[-1] == "/drive-download?id=abc&export=download&confirm=t&uuid=42"
 
 
-def test_html_page_without_confirmation_form_is_still_an_error(server, tmp_path):
+def test_html_page_without_form_fails(server, tmp_path):
     with pytest.raises(HTMLPageError, match="returned an HTML page"):
         fetch(f"{server.base_url}/page.html", RELPATH, sha256=PAYLOAD_SHA256, root=tmp_path, **FAST)
 

@@ -33,7 +33,7 @@ sweep:
 """
 
 
-def test_two_process_run_trains_and_shares_out_the_sweep(tmp_path):
+def test_two_process_run_shares_sweep(tmp_path):
     config = tmp_path / "tiny.yaml"
     config.write_text(TINY_YAML)
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), OMP_NUM_THREADS="1", GLOO_SOCKET_IFNAME="lo", MASTER_ADDR="127.0.0.1")

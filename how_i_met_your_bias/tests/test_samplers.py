@@ -160,7 +160,7 @@ def test_bad_settings_name_the_value(kwargs, message):
     assert message in str(error.value)
 
 
-def test_denoiser_rejects_a_weight_that_is_not_a_number(unet):
+def test_denoiser_rejects_non_number_weight(unet):
     with pytest.raises(ValueError, match="finite number, got 'high'"):
         GuidedDenoiser(unet, NULL, "high")
 

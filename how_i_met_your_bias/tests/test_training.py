@@ -106,7 +106,7 @@ def test_checkpoint_of_another_config_is_refused(tmp_path):
         training.train_diffusion(other, TinySet(), tmp_path, torch.device("cpu"))
 
 
-def test_weights_of_another_image_size_or_class_count_are_refused(tmp_path):
+def test_weights_of_other_shape_rejected(tmp_path):
     config = tiny_config()
     path = tmp_path / "ema.safetensors"
     save_weights(path, build_unet(config), config)

@@ -13,7 +13,7 @@ def record(entry, method, accuracies, rank=None):
             "domains": {name: {"accuracy": value, "parameters": 1} for name, value in accuracies.items()}}
 
 
-def test_finetune_scores_250_per_domain_and_better_methods_more():
+def test_score_against_finetune_baseline():
     records = [record("finetune", "finetune", {"a": 80.0, "b": 90.0}), record("modulation_full", "modulation", {"a": 90.0, "b": 95.0})]
     rows = {r["entry"]: r for r in scored(records)}
     assert math.isclose(rows["finetune"]["score"], 500.0)
