@@ -11,7 +11,7 @@ DATA ?=
 SEEDS ?=
 CONFIGS ?=
 
-.PHONY: setup test test-fast lint tables check-tables reproduce-bise bench-bise reproduce-himyb bench-himyb reproduce-sane bench-sane reproduce-modadapters bench-modadapters clean-runs
+.PHONY: setup test test-fast lint tables check-tables reproduce-bise bench-bise reproduce-himyb bench-himyb reproduce-sane bench-sane reproduce-modadapters bench-modadapters reproduce-samovar bench-samovar clean-runs
 
 setup: $(STAMP)
 
@@ -32,19 +32,21 @@ test-fast: setup
 	$(PY) -m pytest -q -m "not slow"
 
 lint: setup
-	$(VENV)/bin/ruff check common bise how_i_met_your_bias sane modulation_adapters tests
+	$(VENV)/bin/ruff check common bise how_i_met_your_bias sane modulation_adapters shared_amortized_vi tests
 
 tables: setup
 	$(PY) -m bise.tables
 	$(PY) -m how_i_met_your_bias.tables
 	$(PY) -m sane.tables
 	$(PY) -m modulation_adapters.tables
+	$(PY) -m shared_amortized_vi.tables
 
 check-tables: setup
 	$(PY) -m bise.tables --check
 	$(PY) -m how_i_met_your_bias.tables --check
 	$(PY) -m sane.tables --check
 	$(PY) -m modulation_adapters.tables --check
+	$(PY) -m shared_amortized_vi.tables --check
 
 reproduce-bise: setup
 	SCALE=$(SCALE) RHO="$(RHO)" DATA="$(DATA)" SEEDS="$(SEEDS)" PYTHON=$(PY) bash bise/scripts/reproduce.sh
@@ -70,5 +72,11 @@ reproduce-modadapters: setup
 bench-modadapters: setup
 	$(PY) -m modulation_adapters.bench
 
+reproduce-samovar: setup
+	SCALE=$(SCALE) CONFIGS="$(CONFIGS)" SEEDS="$(SEEDS)" PYTHON=$(PY) bash shared_amortized_vi/scripts/reproduce.sh
+
+bench-samovar: setup
+	$(PY) -m shared_amortized_vi.bench
+
 clean-runs:
-	rm -rf runs/bise runs/how_i_met_your_bias runs/sane runs/modulation_adapters
+	rm -rf runs/bise runs/how_i_met_your_bias runs/sane runs/modulation_adapters runs/shared_amortized_vi

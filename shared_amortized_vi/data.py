@@ -15,7 +15,7 @@ Meta-training uses the background set with each character rotated by 0, 90,
 180 and 270 degrees as four classes (the usual protocol); meta-testing uses the
 evaluation set, unrotated.
 
-Tasks are drawn with learn2learn (`MetaDataset`, `TaskDataset`, `NWays`,
+Tasks are drawn with learn2learn (`MetaDataset`, `Taskset`, `NWays`,
 `KShots`, `LoadData`, `RemapLabels`, `ConsecutiveLabels`).
 """
 
@@ -245,11 +245,12 @@ class TaskSampler:
         state = random.getstate()
         random.seed(seed)
         try:
-            meta = l2l.data.MetaDataset(dataset)
+            # Passing the labels spares MetaDataset from reading every image once to learn them.
+            meta = l2l.data.MetaDataset(dataset, indices_to_labels=dict(enumerate(labels)))
             transforms = [l2l.data.transforms.NWays(meta, spec.ways), l2l.data.transforms.KShots(meta, spec.shots + spec.queries),
                           l2l.data.transforms.LoadData(meta), l2l.data.transforms.RemapLabels(meta),
                           l2l.data.transforms.ConsecutiveLabels(meta)]
-            self.tasks = l2l.data.TaskDataset(meta, task_transforms=transforms, num_tasks=num_tasks)
+            self.tasks = l2l.data.Taskset(meta, task_transforms=transforms, num_tasks=num_tasks)
             if num_tasks > 0:
                 for index in range(num_tasks):  # draw every fixed task description now, under this seed
                     self.tasks[index]

@@ -444,6 +444,7 @@ def test_samovar_training_learns_toy_tasks():
         optimizer.step()
     after = held_out_accuracy()
 
-    assert before < 0.45  # the untrained random mean head is near chance (0.2)
+    assert before < 0.6  # the untrained random mean head is near chance (0.2)
     assert after > 0.8
+    assert after - before > 0.3
     assert math.isfinite(result["prior_variance"].item())
