@@ -29,7 +29,7 @@ import torch
 from common.benchmark import median_time
 from common.device import choose_device, describe_device
 from shared_amortized_vi.config import ExperimentConfig, ModelOptions
-from shared_amortized_vi.model import SamovarModel, predict, sample_weights, split_features, task_loss
+from shared_amortized_vi.model import SamovarModel, mean_probabilities, predict, sample_weights, split_features, task_loss
 from shared_amortized_vi.train import IMAGE_SIZES, build_model
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -73,6 +73,24 @@ def make_model(settings: BenchSettings, method: str, backbone: str, device: torc
 
 
 @torch.no_grad()
+def score_with_loop(model: SamovarModel, prior_mean: torch.Tensor, prior_logvar: torch.Tensor, query_features: torch.Tensor,
+                    samples: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Average the class probabilities of the queries over `samples` prior draws, one draw per Python loop iteration."""
+    total = query_features.new_zeros(query_features.shape[0], prior_mean.shape[0])
+    for _ in range(samples):
+        weights = sample_weights(prior_mean, prior_logvar, 1, generator)
+        total += torch.softmax(model.logits(query_features, weights)[0], dim=-1)
+    return total / samples
+
+
+@torch.no_grad()
+def score_batched(model: SamovarModel, prior_mean: torch.Tensor, prior_logvar: torch.Tensor, query_features: torch.Tensor,
+                  samples: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Average the class probabilities of the queries over `samples` prior draws taken in one batch, as `predict` does."""
+    return mean_probabilities(model.logits(query_features, sample_weights(prior_mean, prior_logvar, samples, generator)))
+
+
+@torch.no_grad()
 def predict_with_loop(model: SamovarModel, support_x: torch.Tensor, support_y: torch.Tensor, query_x: torch.Tensor,
                       n_way: int, samples: int, generator: torch.Generator | None = None) -> torch.Tensor:
     """Compute what `predict` computes for a samovar or versa model, drawing and scoring one weight sample per loop iteration.
@@ -82,11 +100,7 @@ def predict_with_loop(model: SamovarModel, support_x: torch.Tensor, support_y: t
     """
     support_features, query_features = split_features(model, support_x, query_x)
     prior_mean, prior_logvar = model.require_inference("predict_with_loop").class_gaussians(support_features, support_y, n_way)
-    total = query_features.new_zeros(query_features.shape[0], n_way)
-    for _ in range(samples):
-        weights = sample_weights(prior_mean, prior_logvar, 1, generator)
-        total += torch.softmax(model.logits(query_features, weights)[0], dim=-1)
-    return total / samples
+    return score_with_loop(model, prior_mean, prior_logvar, query_features, samples, generator)
 
 
 def time_training(model: SamovarModel, task, settings: BenchSettings, device: torch.device) -> float:
@@ -101,18 +115,41 @@ def time_training(model: SamovarModel, task, settings: BenchSettings, device: to
     return median_time(step, settings.repeats)
 
 
-def time_evaluation(model: SamovarModel, task, settings: BenchSettings, device: torch.device) -> tuple[float, float | None]:
-    """Measure the median seconds of the batched `predict` and of `predict_with_loop` (None for protonet, which draws no samples)."""
+def time_evaluation(model: SamovarModel, task, settings: BenchSettings, device: torch.device) -> dict[str, float | None]:
+    """Measure the median seconds of evaluating one task, batched and with a loop over the prior samples.
+
+    Returned keys: predict_s (`predict`, backbone included), predict_loop_s
+    (`predict_with_loop`), scoring_s and scoring_loop_s (drawing and scoring
+    the samples only, from precomputed features and prior). All but
+    predict_s are None for protonet, which draws no samples.
+    """
     model.eval()
     support_x, support_y, query_x, _ = task
     generator = torch.Generator(device=device).manual_seed(0)
-    batched = median_time(lambda: predict(model, support_x, support_y, query_x, settings.ways, settings.test_samples, generator),
-                          settings.repeats)
+    times: dict[str, float | None] = {"predict_s": None, "predict_loop_s": None, "scoring_s": None, "scoring_loop_s": None}
+    times["predict_s"] = median_time(
+        lambda: predict(model, support_x, support_y, query_x, settings.ways, settings.test_samples, generator), settings.repeats)
     if model.method == "protonet":
-        return batched, None
-    looped = median_time(lambda: predict_with_loop(model, support_x, support_y, query_x, settings.ways, settings.test_samples,
-                                                   generator), settings.repeats)
-    return batched, looped
+        return times
+    times["predict_loop_s"] = median_time(
+        lambda: predict_with_loop(model, support_x, support_y, query_x, settings.ways, settings.test_samples, generator),
+        settings.repeats)
+
+    with torch.no_grad():
+        support_features, query_features = split_features(model, support_x, query_x)
+        prior_mean, prior_logvar = model.require_inference("time_evaluation").class_gaussians(support_features, support_y, settings.ways)
+    arguments = (model, prior_mean, prior_logvar, query_features, settings.test_samples, generator)
+    times["scoring_s"] = median_time(lambda: score_batched(*arguments), settings.repeats)
+    times["scoring_loop_s"] = median_time(lambda: score_with_loop(*arguments), settings.repeats)
+    return times
+
+
+def milliseconds(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{1000 * seconds:.1f}"
+
+
+def ratio(numerator: float | None, denominator: float | None) -> str:
+    return "-" if numerator is None or denominator is None else f"{numerator / denominator:.2f}"
 
 
 def bench_backbone(backbone: str, settings: BenchSettings, device: torch.device) -> list[dict]:
@@ -124,15 +161,14 @@ def bench_backbone(backbone: str, settings: BenchSettings, device: torch.device)
         for method in METHODS:
             model = make_model(settings, method, backbone, device)
             train_s = time_training(model, task, settings, device)
-            predict_s, loop_s = time_evaluation(model, task, settings, device)
+            times = time_evaluation(model, task, settings, device)
             row = {"backbone": backbone, "input": f"{channels}x{size}x{size}", "method": method, "ways": settings.ways,
                    "shots": shots, "queries": settings.queries, "train_samples": 0 if method == "protonet" else settings.samples,
-                   "test_samples": 0 if method == "protonet" else settings.test_samples,
-                   "train_step_s": train_s, "predict_s": predict_s, "predict_loop_s": loop_s}
+                   "test_samples": 0 if method == "protonet" else settings.test_samples, "train_step_s": train_s, **times}
             rows.append(row)
-            loop_text = "-" if loop_s is None else f"{1000 * loop_s:.1f} ms"
-            print(f"{backbone:<8} {method:<8} {shots}-shot: train {1000 * train_s:.1f} ms, predict {1000 * predict_s:.1f} ms, "
-                  f"loop {loop_text}", flush=True)
+            print(f"{backbone:<8} {method:<8} {shots}-shot: train {milliseconds(train_s)}, predict {milliseconds(times['predict_s'])}, "
+                  f"loop {milliseconds(times['predict_loop_s'])}, scoring {milliseconds(times['scoring_s'])}, "
+                  f"scoring loop {milliseconds(times['scoring_loop_s'])} ms", flush=True)
     return rows
 
 
@@ -171,21 +207,23 @@ def render(results: dict) -> str:
         "| backbone | input | method | shots | step (ms) | tasks/s |", "|---|---|---|---|---|---|",
     ]
     for row in results["rows"]:
-        lines.append(f"| {row['backbone']} | {row['input']} | {row['method']} | {row['shots']} | {1000 * row['train_step_s']:.1f} "
+        lines.append(f"| {row['backbone']} | {row['input']} | {row['method']} | {row['shots']} | {milliseconds(row['train_step_s'])} "
                      f"| {1 / row['train_step_s']:.1f} |")
     lines += [
         "", "## Evaluation", "",
         f"`predict` draws {settings['test_samples']} weight matrices from the prior in one batch and scores every query "
-        "under all of them with one einsum. The loop column computes the same average with one sample per Python "
-        "iteration (backbone and prior run once in both). ProtoNets draws no samples.", "",
-        "| backbone | input | method | shots | batched predict (ms) | tasks/s | loop over samples (ms) | loop / batched |",
-        "|---|---|---|---|---|---|---|---|",
+        "under all of them with one einsum. The loop columns compute the same average with one sample per Python "
+        "iteration. \"Whole\" includes the backbone and the prior, which run once either way; \"sampling and scoring\" "
+        "starts from precomputed features and prior. ProtoNets draws no samples.", "",
+        "| backbone | input | method | shots | whole, batched (ms) | tasks/s | whole, loop (ms) | loop / batched "
+        "| sampling and scoring, batched (ms) | sampling and scoring, loop (ms) | loop / batched |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in results["rows"]:
-        loop = row["predict_loop_s"]
-        loop_cells = "- | -" if loop is None else f"{1000 * loop:.1f} | {loop / row['predict_s']:.2f}"
-        lines.append(f"| {row['backbone']} | {row['input']} | {row['method']} | {row['shots']} | {1000 * row['predict_s']:.1f} "
-                     f"| {1 / row['predict_s']:.1f} | {loop_cells} |")
+        lines.append(f"| {row['backbone']} | {row['input']} | {row['method']} | {row['shots']} | {milliseconds(row['predict_s'])} "
+                     f"| {1 / row['predict_s']:.1f} | {milliseconds(row['predict_loop_s'])} "
+                     f"| {ratio(row['predict_loop_s'], row['predict_s'])} | {milliseconds(row['scoring_s'])} "
+                     f"| {milliseconds(row['scoring_loop_s'])} | {ratio(row['scoring_loop_s'], row['scoring_s'])} |")
     lines += ["", f"ResNet-12 at 84 px: {results['resnet12']}", ""]
     return "\n".join(lines)
 
@@ -197,6 +235,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "benchmarks" / "samovar.md",
                         help="markdown page to write; a .json with the raw numbers is written beside it")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads for torch (default: torch's choice); 1 gives steadier numbers when other processes share the cores")
     parser.add_argument("--repeats", type=int, default=None, help="timed calls per measurement (default 5, or 1 with --tiny)")
     parser.add_argument("--resnet12-budget", type=float, default=30.0,
                         help="seconds the ResNet-12 section may take, estimated from one timed forward pass; 0 skips it (default 30)")
@@ -205,6 +245,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.repeats is not None and args.repeats < 1:
         parser.error(f"--repeats must be at least 1, got {args.repeats}")
+    if args.threads is not None:
+        if args.threads < 1:
+            parser.error(f"--threads must be at least 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
 
     settings = TINY if args.tiny else BenchSettings()
     if args.repeats is not None:

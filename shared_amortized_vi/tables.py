@@ -365,7 +365,7 @@ def plot_scale(records: list[dict], path: Path) -> None:
     variants = sorted({(record["dataset"], record["backbone"], record["seed"]) for record in records})
     colours = {"samovar": "tab:blue", "versa": "tab:orange", "protonet": "tab:green"}
 
-    figure, axes = plt.subplots(2, len(shots), figsize=(4.6 * len(shots), 6.4), squeeze=False, sharex="col")
+    figure, axes = plt.subplots(2, len(shots), figsize=(max(6.0, 4.6 * len(shots)), 6.8), squeeze=False, sharex="col")
     for record in sorted(records, key=lambda r: (order_index(r["method"], METHOD_ORDER), r["dataset"], r["seed"])):
         column = shots.index(record["shots"])
         label = METHOD_LABELS.get(record["method"], record["method"])
@@ -392,7 +392,7 @@ def plot_scale(records: list[dict], path: Path) -> None:
             if axis.has_data():
                 axis.legend(fontsize=7)
     scale = records[0]["scale"]
-    figure.suptitle(f"SAMOVAR against the VERSA-style objective, {scale} scale ({hardware_of(records)})", fontsize=9)
+    figure.suptitle(f"SAMOVAR against the VERSA-style objective, {scale} scale\n{hardware_of(records)}", fontsize=9)
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=110)

@@ -4,26 +4,37 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 from shared_amortized_vi.bench import TINY, main, make_model, predict_with_loop, random_task
 from shared_amortized_vi.model import predict
 
 
-def test_tiny_run_writes_page(tmp_path):
+@pytest.fixture
+def restore_threads():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_tiny_run_writes_page(tmp_path, restore_threads):
     page = tmp_path / "samovar.md"
-    assert main(["--tiny", "--out", str(page)]) == 0
+    assert main(["--tiny", "--threads", "1", "--out", str(page)]) == 0
     text = page.read_text()
     assert text.startswith("# SAMOVAR benchmarks")
-    assert "`python -m shared_amortized_vi.bench --tiny --out" in text
+    assert "`python -m shared_amortized_vi.bench --tiny --threads 1 --out" in text
     for method in ("samovar", "versa", "protonet"):
         assert f"| conv4 | 1x28x28 | {method} | 1 |" in text
     assert "ResNet-12 at 84 px: not measured" in text
 
     results = json.loads(page.with_suffix(".json").read_text())
     assert [row["method"] for row in results["rows"]] == ["samovar", "versa", "protonet"]
-    assert all(row["train_step_s"] > 0 and row["predict_s"] > 0 for row in results["rows"])
-    assert results["rows"][2]["predict_loop_s"] is None
+    samovar, _, protonet = results["rows"]
+    for key in ("train_step_s", "predict_s", "predict_loop_s", "scoring_s", "scoring_loop_s"):
+        assert samovar[key] > 0, key
+    for key in ("predict_loop_s", "scoring_s", "scoring_loop_s"):
+        assert protonet[key] is None, key
 
 
 def test_loop_matches_single_sample_predictions():
