@@ -416,7 +416,8 @@ def samovar_loss(model: SamovarModel, support_x: torch.Tensor, support_y: torch.
     `accuracy` is measured as at test time: probabilities averaged over L
     samples from the prior, which saw the support only. Returned keys: loss
     (with gradient), then detached: accuracy, prior_variance (mean of
-    exp(prior logvar)), nll and kl (the unweighted sum).
+    exp(prior logvar)), prior_mean_square (mean of the squared prior means,
+    the scale the variance compares with), nll and kl (the unweighted sum).
     """
     check_task(support_x, support_y, query_x, query_y, n_way, samples, beta)
     inference = model.require_inference("samovar_loss")
@@ -439,6 +440,7 @@ def samovar_loss(model: SamovarModel, support_x: torch.Tensor, support_y: torch.
         "loss": loss,
         "accuracy": accuracy(probabilities, query_y),
         "prior_variance": prior_logvar.detach().exp().mean(),
+        "prior_mean_square": prior_mean.detach().pow(2).mean(),
         "nll": nll.detach(),
         "kl": kl.detach(),
     }
@@ -467,6 +469,7 @@ def versa_loss(model: SamovarModel, support_x: torch.Tensor, support_y: torch.Te
         "loss": loss,
         "accuracy": accuracy(log_predictive.detach(), query_y),
         "prior_variance": prior_logvar.detach().exp().mean(),
+        "prior_mean_square": prior_mean.detach().pow(2).mean(),
     }
 
 

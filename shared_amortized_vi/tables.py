@@ -307,7 +307,8 @@ def variance_table(records: list[dict]) -> str:
     if not groups:
         return "No SAMOVAR or VERSA-style runs yet."
     header = ["scale", "dataset", "backbone", "setting", "seed", "runs (SAMOVAR / VERSA-style)", "SAMOVAR", "VERSA-style MC",
-              "ratio SAMOVAR / VERSA-style", "train steps (SAMOVAR / VERSA-style)"]
+              "ratio SAMOVAR / VERSA-style", "relative: SAMOVAR", "relative: VERSA-style",
+              "train steps (SAMOVAR / VERSA-style)"]
     body = []
     for key in sorted(groups, key=lambda k: (order_index(k[0], SCALE_ORDER), order_index(k[1], DATASETS), *k[2:])):
         scale, dataset, backbone, ways, shots, seed = key
@@ -320,10 +321,14 @@ def variance_table(records: list[dict]) -> str:
             names = " / ".join(record["name"] if record else "-" for record in (samovar, versa))
             steps = " / ".join(str(record["train_steps"]) if record else "-" for record in (samovar, versa))
             body.append([scale, dataset_label(dataset), backbone_label(backbone), f"{ways}-way {shots}-shot", seed, names,
-                         format_variance(samovar_variance), format_variance(versa_variance), format_variance(ratio), steps])
+                         format_variance(samovar_variance), format_variance(versa_variance), format_variance(ratio),
+                         *(format_variance(record.get("final_prior_relative_variance")) if record else "-" for record in (samovar, versa)),
+                         steps])
     floor = math.exp(DEFAULT_MIN_LOGVAR)
     caption = ("Mean predicted variance of the conditional prior p(w | support) over classes and feature dimensions, "
-               "averaged over the last logging window of training. A ratio above 1 means the VERSA-style prior ended "
+               "averaged over the last logging window of training. \"Relative\" divides it by the mean squared prior mean, "
+               "the scale at which the variance matters, since the backbone can grow its features. A ratio above 1 means "
+               "the VERSA-style prior ended "
                "narrower than SAMOVAR's, and below 1 the opposite. With the default log-variance clamp the variance cannot "
                f"fall below exp({DEFAULT_MIN_LOGVAR:g}) = {floor:.2g}.")
     return caption + "\n\n" + markdown_table(header, body)

@@ -211,6 +211,7 @@ def run(config: ExperimentConfig, runs_root: Path = Path("runs"), data_root: Pat
         "name": config.name, "dataset": config.dataset, "method": config.method, "backbone": config.backbone,
         "ways": config.ways, "shots": config.shots, "accuracy": mean, "ci95": half_width, "test_tasks": len(accuracies),
         "test_samples": config.test_samples, "final_prior_variance": history[-1].get("prior_variance"),
+        "final_prior_relative_variance": _relative_variance(history[-1]),
         "train_steps": config.train.steps, "train_tasks_per_s": config.train.steps * config.train.tasks_per_step / model.train_seconds,
         "eval_tasks_per_s": len(accuracies) / eval_seconds,
         **run_metadata(config_hash=config.hash(), seed=config.seed, scale=config.scale, hardware=describe_device(device),
@@ -220,6 +221,12 @@ def run(config: ExperimentConfig, runs_root: Path = Path("runs"), data_root: Pat
     atomic_write_json(result_path, result)
     log.info("%s: %.2f +- %.2f%% over %d tasks", config.name, mean, half_width, len(accuracies))
     return result
+
+
+def _relative_variance(entry: dict) -> float | None:
+    """The prior's mean variance over its mean squared mean: how wide the prior is at the scale of its means."""
+    variance, square = entry.get("prior_variance"), entry.get("prior_mean_square")
+    return None if variance is None or not square else variance / square
 
 
 def main(argv: list[str] | None = None) -> int:

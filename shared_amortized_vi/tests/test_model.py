@@ -148,8 +148,8 @@ def test_loss_dicts_have_logged_keys():
     task = image_task()
     samovar = samovar_loss(model, *task, N_WAY, beta=1.0, samples=3)
     versa = versa_loss(model, *task, N_WAY, samples=3)
-    assert set(samovar) == {"loss", "accuracy", "prior_variance", "nll", "kl"}
-    assert set(versa) == {"loss", "accuracy", "prior_variance"}
+    assert set(samovar) == {"loss", "accuracy", "prior_variance", "prior_mean_square", "nll", "kl"}
+    assert set(versa) == {"loss", "accuracy", "prior_variance", "prior_mean_square"}
     for result in (samovar, versa):
         assert result["loss"].dim() == 0
         assert result["loss"].requires_grad

@@ -209,7 +209,7 @@ def test_variance_table_reports_either_direction():
 
 def test_variance_table_missing_partner_is_dash(smoke_records):
     row = next(line for line in variance_table(smoke_records).splitlines() if "5-way 5-shot" in line)
-    assert "| samovar_5shot / - | 0.25 | - | - | 1000 / - |" in row
+    assert "| samovar_5shot / - | 0.25 | - | - | - | - | 1000 / - |" in row
 
 
 # ---------------------------------------------------------------- files, README and figure
