@@ -337,7 +337,8 @@ def test_protonet_model_has_no_inference_network():
     torch.testing.assert_close(probabilities.sum(1), torch.ones(len(query_x)))
 
 
-@pytest.mark.parametrize("method,keys", [("samovar", {"nll", "kl"}), ("versa", set()), ("protonet", set())])
+@pytest.mark.parametrize("method,keys", [("samovar", {"prior_mean_square", "nll", "kl"}), ("versa", {"prior_mean_square"}),
+                                         ("protonet", set())])
 def test_task_loss_dispatches_on_method(method, keys):
     model = SamovarModel(method=method, backbone="identity", in_channels=4)
     task = feature_task(torch.Generator().manual_seed(0), n_way=3, dim=4)
