@@ -10,6 +10,8 @@ from typing import Any
 import safetensors.torch
 import torch
 
+from common.results import default_file_mode
+
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     """torch.save `state` through a temporary file and a rename, so a kill never leaves half a file."""
@@ -17,6 +19,7 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(handle)
+    os.chmod(temp_name, default_file_mode())
     try:
         torch.save(state, temp_name)
         os.replace(temp_name, path)

@@ -293,12 +293,15 @@ def _copy_from_folder(folder: Path, target: _Target) -> None:
     if not source.is_file():
         raise DownloadError(f"{source} not found")
 
-    shutil.copyfile(source, target.part)
-    mismatch = _first_mismatch(target.part, target.checksums)
+    # A copy of its own, so that a bad mirror file never overwrites a partial download kept for resuming.
+    copy = target.part.with_name(target.dest.name + ".mirror")
+    shutil.copyfile(source, copy)
+    mismatch = _first_mismatch(copy, target.checksums)
     if mismatch is not None:
-        target.part.unlink()
+        copy.unlink()
         raise _checksum_error(str(source), target, mismatch)
-    os.replace(target.part, target.dest)
+    os.replace(copy, target.dest)
+    target.part.unlink(missing_ok=True)  # a partial download of the same file is no longer needed
 
 
 def _fetch_from_url(url: str, target: _Target, options: _HTTPOptions) -> None:

@@ -28,11 +28,19 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 RECORDED_PACKAGES = ("torch", "torchvision", "numpy", "mlxtend")
 
 
+def default_file_mode() -> int:
+    """The mode a plain open() would give a new file: 0o666 less the process umask (mkstemp gives 0o600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     """Write `text` to `path` through a temporary file and a rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.chmod(temp_name, default_file_mode())
     try:
         with os.fdopen(handle, "w") as stream:
             stream.write(text)

@@ -521,6 +521,21 @@ def test_fetch_mirror_miss_falls_back(server: ServerState, tmp_path: Path) -> No
     assert server.paths() == [f"/no-such-mirror/{RELPATH}", "/file.bin"]
 
 
+def test_bad_mirror_copy_keeps_the_partial_download(server: ServerState, tmp_path: Path) -> None:
+    wrong_mirror = tmp_path / "wrong-mirror"
+    (wrong_mirror / RELPATH).parent.mkdir(parents=True)
+    (wrong_mirror / RELPATH).write_bytes(WRONG_PAYLOAD)
+    root = tmp_path / "root"
+    part = (root / RELPATH).with_name(Path(RELPATH).name + ".part")
+    part.parent.mkdir(parents=True)
+    part.write_bytes(PAYLOAD[:4096])
+
+    with pytest.raises(DownloadError):
+        fetch(f"{server.base_url}/missing.bin", RELPATH, md5=PAYLOAD_MD5, root=root, mirrors=[str(wrong_mirror)], **FAST)
+
+    assert part.read_bytes() == PAYLOAD[:4096]
+
+
 def test_fetch_error_lists_failed_mirrors(server: ServerState, tmp_path: Path) -> None:
     empty_mirror = tmp_path / "empty-mirror"
     empty_mirror.mkdir()
