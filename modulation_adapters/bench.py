@@ -27,6 +27,13 @@ CASES = [("feature", "none", None), ("bn", "none", None), ("modulation", "modula
          ("series", "series", None), ("parallel", "parallel", None), ("finetune", "none", None)]
 
 
+def rank_label(method: str, rank: int | None) -> str:
+    """Return the rank column text: the rank of a modulation case ("full" when None), "-" for other methods."""
+    if method != "modulation":
+        return "-"
+    return "full" if rank is None else str(rank)
+
+
 def step_time(method: str, adapter: str, rank: int | None, batch: int, size: int, device, repeats: int) -> float:
     torch.manual_seed(0)
     model = ResNet26([10, 10], adapter=adapter, rank=rank).to(device).train()
@@ -61,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     for method, adapter, rank in CASES:
         seconds = step_time(method, adapter, rank, args.batch, args.size, device, args.repeats)
         rows.append({"method": method, "rank": rank, "step_s": seconds})
-        print(f"{method:<11} rank {rank}: {seconds:.3f} s per step", flush=True)
+        print(f"{method:<11} rank {rank_label(method, rank)}: {seconds:.3f} s per step", flush=True)
     base = rows[0]["step_s"]
     results = {"command": "make bench-modadapters", "hardware": describe_device(device), "torch": torch.__version__,
                "batch": args.batch, "size": args.size, "rows": rows}
@@ -73,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
              f"{args.repeats} steps.", "",
              "| method | rank | step (s) | ratio to the feature extractor | modulation target: at most 1.3 |", "|---|---|---|---|---|"]
     for row in rows:
-        rank = "-" if row["method"] != "modulation" else (row["rank"] or "full")
+        rank = rank_label(row["method"], row["rank"])
         target = ""
         if row["method"] == "modulation":
             target = "met" if row["step_s"] / base <= 1.3 else "not met"

@@ -98,7 +98,18 @@ BACKBONE_FORMAT_VERSION = "1"
 
 
 class BackboneMismatchError(CheckpointMismatchError):
-    """A backbone checkpoint whose layout (architecture, widths, blocks, domains) differs from the model's."""
+    """A backbone checkpoint whose layout (architecture, widths, blocks, domains) differs from the model's.
+
+    ``setting`` names what differs ("architecture", "stem_width", "widths",
+    "blocks_per_stage", "num_classes" or "domains") and ``saved`` is the
+    checkpoint's value, so that a caller can phrase the fix in its own terms
+    (a config key, a command-line option). Both are None when not known.
+    """
+
+    def __init__(self, message: str, *, setting: str | None = None, saved: Any = None):
+        super().__init__(message)
+        self.setting = setting
+        self.saved = saved
 
 
 class UnsafeCheckpointError(CheckpointReadError):
@@ -180,7 +191,8 @@ def _mismatch_error(path: Path, field: str, argument: str, saved: Any, built: An
     return BackboneMismatchError(
         f"backbone checkpoint {path} has {field} {saved!r}, but the model has {field} {built!r}. Build the model "
         f"with {argument}={saved!r} to load this checkpoint, or load a checkpoint saved from a model with "
-        f"{field} {built!r}."
+        f"{field} {built!r}.",
+        setting=argument, saved=saved,
     )
 
 
@@ -190,7 +202,8 @@ def _check_layout(path: Path, saved: BackboneLayout, built: BackboneLayout) -> N
         raise BackboneMismatchError(
             f"backbone checkpoint {path} was saved from a {saved.architecture}, but the model is a "
             f"{built.architecture}. Build a {saved.architecture} to load this checkpoint (RebuffiResNet26, in "
-            "modulation_adapters.pretrained, has no ReLU after the stem and adds a BatchNorm before the pooling)."
+            "modulation_adapters.pretrained, has no ReLU after the stem and adds a BatchNorm before the pooling).",
+            setting="architecture", saved=saved.architecture,
         )
     for field, argument in (("stem width", "stem_width"), ("widths", "widths"),
                             ("blocks per stage", "blocks_per_stage")):
@@ -624,6 +637,37 @@ def _read_backbone_file(path: Path) -> tuple[dict[str, torch.Tensor], BackboneLa
     return tensors, layout, meta
 
 
+def read_backbone_meta(path: Path | str) -> dict[str, Any]:
+    """Return the meta dict of a file written by save_backbone, reading only the file's header.
+
+    Raises:
+        FileNotFoundError: path does not exist.
+        CheckpointReadError: the file is truncated, not safetensors, or not
+            written by save_backbone.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"backbone checkpoint {path} not found")
+    try:
+        with safetensors.safe_open(str(path), framework="pt") as file:
+            metadata = dict(file.metadata() or {})
+    except (safetensors.SafetensorError, OSError, ValueError) as error:
+        raise CheckpointReadError(
+            f"cannot read {path} as a safetensors file ({error}). It may be truncated or in another format: "
+            "write it again."
+        ) from None
+    if metadata.get("format") != BACKBONE_FORMAT:
+        raise CheckpointReadError(f"{path} is a safetensors file but not a backbone checkpoint written by "
+                                  f"save_backbone (its metadata has no format entry {BACKBONE_FORMAT!r})")
+    try:
+        meta = json.loads(metadata["meta"])
+    except (KeyError, ValueError, TypeError) as error:
+        raise CheckpointReadError(f"{path} has invalid backbone metadata ({error!r}). Write it again.") from None
+    if not isinstance(meta, dict):
+        raise CheckpointReadError(f"{path} has invalid backbone metadata (meta is not a JSON object). Write it again.")
+    return meta
+
+
 def load_backbone(path: Path | str, model: ResNet26, *, domains: list[str] | None = None) -> dict[str, Any]:
     """Load a checkpoint written by save_backbone into `model` and return the meta dict saved with it.
 
@@ -650,7 +694,8 @@ def load_backbone(path: Path | str, model: ResNet26, *, domains: list[str] | Non
     if domains is not None and list(domains) != meta.get("domains"):
         raise BackboneMismatchError(
             f"backbone checkpoint {path} has domains {meta.get('domains')!r}, but {list(domains)!r} were requested. "
-            "Pass the domain list the checkpoint was saved with, or load a checkpoint saved for these domains."
+            "Pass the domain list the checkpoint was saved with, or load a checkpoint saved for these domains.",
+            setting="domains", saved=meta.get("domains"),
         )
 
     expected = backbone_state(model)

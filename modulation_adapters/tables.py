@@ -1,8 +1,11 @@
 """Build the README table and the score-against-cost figure of Modulation Adapters from results/.
 
     python -m modulation_adapters.tables --collect   # copy finished runs into modulation_adapters/results/
-    python -m modulation_adapters.tables             # rewrite the README table and the figure
-    python -m modulation_adapters.tables --check     # exit 1 when the README table differs from the results
+    python -m modulation_adapters.tables             # rewrite the README tables and the figures
+    python -m modulation_adapters.tables --check     # exit 1 when a README table differs from the results
+
+Paper-scale runs (results/paper/) go under the README marker modadapters_paper,
+every other scale under modadapters_smoke.
 
 The smoke benchmark has no published baseline, so its Decathlon-style score
 takes the baseline error of each domain from our own fine-tuning entry of
@@ -26,6 +29,8 @@ RESULTS_DIR = PACKAGE_DIR / "results"
 README = PACKAGE_DIR / "README.md"
 FIGURE = PACKAGE_DIR / "figures" / "smoke_score_vs_parameters.png"
 BASELINE_ENTRY = "finetune"
+SMOKE_TABLE, PAPER_TABLE = "modadapters_smoke", "modadapters_paper"
+NO_PAPER_RESULTS = "No paper-scale results yet."
 
 
 def collect(runs_root: Path, results_dir: Path = RESULTS_DIR) -> int:
@@ -63,7 +68,35 @@ def scored(records: list[dict]) -> list[dict]:
     return sorted(rows, key=lambda r: (order.get(r["method"], 9), r["rank"] if r["rank"] is not None else 10**9))
 
 
-def results_table(runs: dict) -> str:
+def _disagreement(records: list[dict], key: str, default: str) -> str | None:
+    """Return how the records of one run folder differ on `key` (e.g. "test (series), val (bn, feature)"), or None."""
+    entries: dict[str, list[str]] = {}
+    for record in records:
+        entries.setdefault(str(record.get(key, default)), []).append(record["entry"])
+    if len(entries) < 2:
+        return None
+    return ", ".join(f"{value} ({', '.join(sorted(names))})" for value, names in sorted(entries.items()))
+
+
+def _scoring_note(scale: str, records: list[dict], domain_count: int) -> str:
+    """Return the header note on a run's split and score, naming the records that disagree on the split or the config."""
+    default_split = "test" if scale != "paper" else "unrecorded"  # the smoke runner always evaluates on its test split
+    split_conflict = _disagreement(records, "eval_split", default_split)
+    if split_conflict is None:
+        accuracy = f"{records[0].get('eval_split', default_split)} accuracy %"
+    else:
+        accuracy = f"accuracy % on different splits: {split_conflict}"
+    if scale == "paper":
+        scoring = f"{accuracy}; Decathlon score with the official baseline errors over these {domain_count} domains"
+    else:
+        scoring = f"{accuracy}; score with baseline errors from our fine-tuning entry, {domain_count * 250} = fine-tuning"
+    hash_conflict = _disagreement(records, "config_hash", "none")
+    if hash_conflict is not None:
+        scoring += f"; NOTE: the records come from different configs, config_hash {hash_conflict}"
+    return scoring
+
+
+def results_table(runs: dict, empty: str = "No results yet.") -> str:
     blocks = []
     for (scale, name, seed), records in sorted(runs.items()):
         rows = scored(records)
@@ -73,13 +106,16 @@ def results_table(runs: dict) -> str:
                 + [f"{r['domains'][d]['accuracy']:.1f}" for d in domains]
                 + [f"{r['mean_accuracy']:.1f}", "-" if r["score"] is None else f"{r['score']:.0f}", f"{r['parameters_over_backbone']:.3f}"]
                 for r in rows]
-        if scale == "paper":
-            scoring = (f"{rows[0].get('eval_split', 'val')} accuracy %; Decathlon score with the official baseline errors over "
-                       f"these {len(domains)} domains")
-        else:
-            scoring = f"test accuracy %; score with baseline errors from our fine-tuning entry, {len(domains) * 250} = fine-tuning"
+        scoring = _scoring_note(scale, rows, len(domains))
         blocks.append(f"**{name}** ({scale} scale, {seed}, {scoring}; {rows[0]['hardware']})\n\n" + markdown_table(header, body))
-    return "\n\n".join(blocks) if blocks else "No results yet."
+    return "\n\n".join(blocks) if blocks else empty
+
+
+def build_tables(runs: dict) -> dict[str, str]:
+    """Return the README tables by marker name: paper-scale runs in their own table, every other scale in the smoke one."""
+    paper = {key: records for key, records in runs.items() if key[0] == "paper"}
+    others = {key: records for key, records in runs.items() if key[0] != "paper"}
+    return {SMOKE_TABLE: results_table(others), PAPER_TABLE: results_table(paper, empty=NO_PAPER_RESULTS)}
 
 
 def plot(runs: dict, path: Path = FIGURE, title: str = "Modulation adapters and baselines, smoke benchmark (CPU)") -> None:
@@ -123,8 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if args.collect:
         log.info("copied %d records from %s", collect(args.runs_root), args.runs_root)
-    runs = load_runs()
-    tables = {"modadapters_smoke": results_table(runs)}
+    runs = load_runs(RESULTS_DIR)
+    tables = build_tables(runs)
     count = sum(len(records) for records in runs.values())
     if args.check:
         return verify_tables(README, tables, results_dir="modulation_adapters/results/", sources=f"{count} result files")
