@@ -65,7 +65,7 @@ OMNIGLOT_SETS = {
 
 
 def import_learn2learn():
-    """Import learn2learn without the notices its gym import prints on every start."""
+    """Import learn2learn, hiding the notices that its gym import prints on every start."""
     with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
         warnings.simplefilter("ignore")
         try:
@@ -99,7 +99,7 @@ def write_layout_from_arrays(arrays: Path, index: Path, dest: Path, spec: Omnigl
     data = np.load(arrays)
     images = data["images"]
     if images.shape != (spec.characters, DRAWINGS, 105, 105):
-        raise ValueError(f"{arrays} holds images of shape {images.shape}, expected {(spec.characters, DRAWINGS, 105, 105)}")
+        raise ValueError(f"{arrays} contains images of shape {images.shape}, expected {(spec.characters, DRAWINGS, 105, 105)}")
     with open(index, newline="") as file:
         rows = [row for row in csv.DictReader(file) if row["set"] == spec.name]
     if len(rows) != spec.characters:
@@ -116,7 +116,7 @@ def write_layout_from_arrays(arrays: Path, index: Path, dest: Path, spec: Omnigl
 
 
 def prepare_omniglot(root: Path | None = None, mirrors: list[str] | None = None) -> Path:
-    """Make sure the official Omniglot folders exist under ``root/omniglot`` and return that folder.
+    """Create the official Omniglot folders under ``root/omniglot`` when missing, and return that folder.
 
     A complete folder is used as it is. Otherwise the array copy in a mirror
     folder is used when one holds it (no network), else the official zip is
@@ -128,8 +128,8 @@ def prepare_omniglot(root: Path | None = None, mirrors: list[str] | None = None)
         if _count_characters(dest) == spec.characters:
             continue
         if dest.exists():
-            raise ValueError(f"{dest} holds {_count_characters(dest)} characters, expected {spec.characters}; "
-                             f"move it away (it is not deleted automatically) and run again")
+            raise ValueError(f"{dest} contains {_count_characters(dest)} characters, expected {spec.characters}. "
+                             f"Move it away (it is not deleted automatically) and run again")
         for folder in _mirror_folders(mirrors):
             arrays, index = folder / "omniglot" / f"{spec.folder}.npz", folder / "omniglot" / INDEX_FILE
             if arrays.exists() and index.exists():
@@ -147,12 +147,13 @@ def prepare_omniglot(root: Path | None = None, mirrors: list[str] | None = None)
                                     f"with omniglot/{INDEX_FILE}") from error
             extract_archive(archive, base)
         if _count_characters(dest) != spec.characters:
-            raise ValueError(f"{dest} holds {_count_characters(dest)} characters after extraction, expected {spec.characters}")
+            raise ValueError(f"{dest} contains {_count_characters(dest)} characters after extraction, expected {spec.characters}. "
+                             f"Delete the downloaded zip and run again")
     return base
 
 
 def load_omniglot(root: Path | None = None, image_size: int = 28, mirrors: list[str] | None = None) -> dict[str, torch.Tensor]:
-    """Both Omniglot sets as uint8 tensors (characters, 20, size, size), ink = 255, cached beside the folders."""
+    """Return both Omniglot sets as uint8 tensors (characters, 20, size, size), ink = 255, cached beside the folders."""
     base = prepare_omniglot(root, mirrors)
     arrays = {}
     for spec in OMNIGLOT_SETS.values():
@@ -164,8 +165,8 @@ def load_omniglot(root: Path | None = None, image_size: int = 28, mirrors: list[
             for c, character in enumerate(characters):
                 drawings = sorted(character.glob("*.png"))
                 if len(drawings) != DRAWINGS:
-                    raise ValueError(f"{character} holds {len(drawings)} drawings, expected {DRAWINGS}; "
-                                     f"delete {base / spec.folder} and run again to rebuild it")
+                    raise ValueError(f"{character} contains {len(drawings)} drawings, expected {DRAWINGS}. "
+                                     f"Delete {base / spec.folder} and run again to rebuild it")
                 for d, path in enumerate(drawings):
                     image = Image.open(path).convert("L").resize((image_size, image_size), Image.LANCZOS)
                     images[c, d] = 255 - np.asarray(image)
@@ -199,7 +200,7 @@ class ImageClasses(torch.utils.data.Dataset):
 
 
 def with_rotations(images: torch.Tensor) -> torch.Tensor:
-    """Each class rotated by 0, 90, 180 and 270 degrees as four classes: (C, n, H, W) -> (4C, n, H, W)."""
+    """Return each class rotated by 0, 90, 180 and 270 degrees as four classes: (C, n, H, W) -> (4C, n, H, W)."""
     return torch.cat([torch.rot90(images, k, dims=(-2, -1)) for k in range(4)])
 
 

@@ -82,7 +82,7 @@ def test_incomplete_folder_is_named_and_not_deleted(small_sets, tmp_path) -> Non
     mirror, _ = small_sets
     partial = tmp_path / "root" / "omniglot" / "images_background" / "Alphabet_0" / "character01"
     partial.mkdir(parents=True)
-    with pytest.raises(ValueError, match="holds 1 characters, expected 3; move it away"):
+    with pytest.raises(ValueError, match="contains 1 characters, expected 3. Move it away"):
         data.prepare_omniglot(tmp_path / "root", mirrors=[str(mirror)])
     assert partial.exists()
 
@@ -101,7 +101,8 @@ def classes(count=12, per_class=20, size=8):
 def test_task_has_k_shots_and_q_queries_per_class() -> None:
     sampler = TaskSampler(classes(), TaskSpec(ways=5, shots=2, queries=3), "train")
     support_x, support_y, query_x, query_y = sampler.sample()
-    assert support_x.shape == (10, 1, 8, 8) and query_x.shape == (15, 1, 8, 8)
+    assert support_x.shape == (10, 1, 8, 8)
+    assert query_x.shape == (15, 1, 8, 8)
     assert torch.equal(torch.bincount(support_y), torch.full((5,), 2))
     assert torch.equal(torch.bincount(query_y), torch.full((5,), 3))
 
