@@ -373,12 +373,15 @@ def plot_scale(records: list[dict], path: Path) -> None:
     figure, axes = plt.subplots(2, len(shots), figsize=(max(6.0, 4.6 * len(shots)), 6.8), squeeze=False, sharex="col")
     for record in sorted(records, key=lambda r: (order_index(r["method"], METHOD_ORDER), r["dataset"], r["seed"])):
         column = shots.index(record["shots"])
-        label = METHOD_LABELS.get(record["method"], record["method"])
+        variant = variant_name(record)
+        label = row_label(record["method"], variant)
         if several_datasets:
             label += f", {dataset_label(record['dataset'])}"
         if several_seeds:
             label += f", seed {record['seed']}"
         style = styles[variants.index((record["dataset"], record["backbone"], record["seed"])) % len(styles)]
+        if variant not in (record["method"], ""):
+            style = ":"  # an ablation of the same method, dotted beside the plain run
         colour = colours.get(record["method"])
         if record["method"] in ("samovar", "versa"):
             steps, values = finite_points(record["history"], "prior_variance", positive=True)
