@@ -11,9 +11,9 @@ same ``images_background/<alphabet>/characterNN/<id>_<drawer>.png`` tree.
 
 Images are resized to 28 px with Lanczos and inverted (ink = 1), as
 learn2learn's Omniglot benchmark does, and cached as one uint8 array per set.
-Meta-training uses the background set with each character rotated by 0, 90,
-180 and 270 degrees as four classes (the usual protocol); meta-testing uses the
-evaluation set, unrotated.
+Meta-training uses the background set, with each character rotated by 0, 90,
+180 and 270 degrees as four classes, as is usual for Omniglot. Meta-testing
+uses the evaluation set without rotation.
 
 Tasks are drawn with learn2learn (`MetaDataset`, `Taskset`, `NWays`,
 `KShots`, `LoadData`, `RemapLabels`, `ConsecutiveLabels`).
@@ -119,7 +119,7 @@ def prepare_omniglot(root: Path | None = None, mirrors: list[str] | None = None)
     """Create the official Omniglot folders under ``root/omniglot`` when missing, and return that folder.
 
     A complete folder is used as it is. Otherwise the array copy in a mirror
-    folder is used when one holds it (no network), else the official zip is
+    folder is used when a mirror contains it (no network), else the official zip is
     fetched (mirrors first, then the official URL) and extracted.
     """
     base = (data_root() if root is None else Path(root)) / "omniglot"
@@ -230,7 +230,7 @@ class TaskSampler:
 
     Calling the sampler returns (support_x, support_y, query_x, query_y) with
     labels 0..N-1. With `num_tasks` > 0 the task descriptions are fixed (drawn
-    once from `seed`), so an evaluation sees the same tasks on every run.
+    once from `seed`), so an evaluation uses the same tasks on every run.
     """
 
     def __init__(self, dataset: torch.utils.data.Dataset, spec: TaskSpec, split: str, *, num_tasks: int = -1, seed: int = 0):
