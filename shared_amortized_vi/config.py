@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 
 from common.config import ConfigError, apply_overrides, config_hash, from_dict, load_yaml, to_dict
@@ -67,6 +68,17 @@ class ExperimentConfig:
         return config_hash(values)
 
 
+def _sha256_ok(value: str | None) -> bool:
+    if value is None:
+        return True
+    digest = r"[0-9a-fA-F]{64}"
+    if "=" not in value:
+        return re.fullmatch(digest, value) is not None
+    parts = [part.split("=", 1) for part in value.split(",")]
+    return (all(len(part) == 2 for part in parts) and sorted(key for key, _ in parts) == ["test", "train", "validation"]
+            and all(re.fullmatch(digest, hex_value) for _, hex_value in parts))
+
+
 def validate(config: ExperimentConfig, where: str) -> ExperimentConfig:
     checks = [
         (config.dataset in DATASETS, f"dataset {config.dataset!r} is unknown; expected one of {DATASETS}"),
@@ -81,7 +93,12 @@ def validate(config: ExperimentConfig, where: str) -> ExperimentConfig:
         (config.shots >= 1, f"shots must be >= 1, got {config.shots}"),
         (config.queries >= 1, f"queries must be >= 1, got {config.queries}"),
         (config.test_queries >= 1, f"test_queries must be >= 1, got {config.test_queries}"),
-        (config.test_tasks >= 1, f"test_tasks must be >= 1, got {config.test_tasks}"),
+        (config.test_tasks >= 2, f"test_tasks must be >= 2 (a confidence interval needs two tasks), got {config.test_tasks}"),
+        (config.seed >= 0, f"seed must be >= 0, got {config.seed}"),
+        (re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", config.name) is not None,
+         f"name {config.name!r} must be a plain folder name (letters, digits, '_', '.', '-'; no '/' or leading '.')"),
+        (_sha256_ok(config.data_sha256), f"data_sha256 {config.data_sha256!r} must be one 64-digit hex digest, or "
+                                         "'train=HEX,validation=HEX,test=HEX' for mini-imagenet"),
         (config.train.steps >= 1 and config.train.tasks_per_step >= 1,
          f"train.steps and train.tasks_per_step must be >= 1, got {config.train.steps} and {config.train.tasks_per_step}"),
         (config.train.lr > 0, f"train.lr must be > 0, got {config.train.lr}"),

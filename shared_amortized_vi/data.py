@@ -130,14 +130,26 @@ def prepare_omniglot(root: Path | None = None, mirrors: list[str] | None = None)
         if dest.exists():
             raise ValueError(f"{dest} contains {_count_characters(dest)} characters, expected {spec.characters}. "
                              f"Move it away (it is not deleted automatically) and run again")
+        mirror_errors = []
         for folder in _mirror_folders(mirrors):
             arrays, index = folder / "omniglot" / f"{spec.folder}.npz", folder / "omniglot" / INDEX_FILE
-            if arrays.exists() and index.exists():
-                log.info("writing %s from the array copy in %s", dest, folder)
-                base.mkdir(parents=True, exist_ok=True)
-                write_layout_from_arrays(_verified(arrays, spec.arrays_sha256), _verified(index, INDEX_SHA256), dest, spec)
-                break
+            if not (arrays.exists() and index.exists()):
+                continue
+            try:
+                _verified(arrays, spec.arrays_sha256)
+                _verified(index, INDEX_SHA256)
+            except ChecksumError as error:
+                log.warning("%s", error)
+                mirror_errors.append(str(error))
+                continue
+            log.info("writing %s from the array copy in %s", dest, folder)
+            base.mkdir(parents=True, exist_ok=True)
+            write_layout_from_arrays(arrays, index, dest, spec)
+            break
         else:
+            if mirror_errors:
+                raise ChecksumError("no mirror holds a valid array copy of Omniglot's "
+                                    f"{spec.folder}:\n" + "\n".join(mirror_errors))
             try:
                 archive = fetch(f"{OMNIGLOT_URL}/{spec.folder}.zip", f"omniglot/{spec.folder}.zip", md5=spec.zip_md5,
                                 root=root, mirrors=mirrors)
@@ -145,7 +157,12 @@ def prepare_omniglot(root: Path | None = None, mirrors: list[str] | None = None)
                 raise DownloadError(f"could not get Omniglot's {spec.folder}.zip: {error}\nFix: connect to the internet, or set "
                                     f"REPRO_MIRROR to a folder holding omniglot/{spec.folder}.zip or omniglot/{spec.folder}.npz "
                                     f"with omniglot/{INDEX_FILE}") from error
-            extract_archive(archive, base)
+            # The zip's top folder is images_<set>/, so extract beside it and move that folder into place.
+            extracted = extract_archive(archive, base / f"{spec.folder}.extracted")
+            if not (extracted / spec.folder).is_dir():
+                raise ValueError(f"{archive} has no top folder {spec.folder}/; delete {archive} and {extracted}, then run again")
+            (extracted / spec.folder).rename(dest)
+            extracted.rmdir()
         if _count_characters(dest) != spec.characters:
             raise ValueError(f"{dest} contains {_count_characters(dest)} characters after extraction, expected {spec.characters}. "
                              f"Delete the downloaded zip and run again")
@@ -168,12 +185,19 @@ def load_omniglot(root: Path | None = None, image_size: int = 28, mirrors: list[
                     raise ValueError(f"{character} contains {len(drawings)} drawings, expected {DRAWINGS}. "
                                      f"Delete {base / spec.folder} and run again to rebuild it")
                 for d, path in enumerate(drawings):
-                    image = Image.open(path).convert("L").resize((image_size, image_size), Image.LANCZOS)
+                    try:
+                        image = Image.open(path).convert("L").resize((image_size, image_size), Image.LANCZOS)
+                    except (OSError, ValueError) as error:
+                        raise ValueError(f"cannot read {path} ({error}); delete {base / spec.folder} and run again "
+                                         "to write it anew") from error
                     images[c, d] = 255 - np.asarray(image)
             partial = cache.with_name(cache.name + ".partial.npy")
             np.save(partial, images)
             partial.rename(cache)
-        arrays[spec.name] = torch.from_numpy(np.load(cache))
+        try:
+            arrays[spec.name] = torch.from_numpy(np.load(cache))
+        except (OSError, ValueError) as error:
+            raise ValueError(f"cannot read the resized cache {cache} ({error}); delete it and run again") from error
     return arrays
 
 
@@ -222,7 +246,8 @@ def check_task(spec: TaskSpec, num_classes: int, per_class: int, split: str) -> 
                          f"use ways <= {num_classes}")
     if spec.shots + spec.queries > per_class:
         raise ValueError(f"{spec.shots} shots + {spec.queries} queries need {spec.shots + spec.queries} images per class, "
-                         f"but the {split} split has {per_class}; lower shots or queries")
+                         f"but the {split} split has {per_class}; lower shots, or the query count of that split "
+                         f"(queries for meta-training, test_queries for meta-test)")
 
 
 class TaskSampler:

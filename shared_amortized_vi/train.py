@@ -39,7 +39,7 @@ from common.device import autocast, choose_device, describe_device, seed_everyth
 from common.download import DownloadError
 from common.results import atomic_write_json, read_json, run_metadata
 from shared_amortized_vi.config import ExperimentConfig, load_config
-from shared_amortized_vi.data import ImageClasses, TaskSampler, TaskSpec, load_omniglot, with_rotations
+from shared_amortized_vi.data import ImageClasses, TaskSampler, TaskSpec, check_task, load_omniglot, with_rotations
 from shared_amortized_vi.model import SamovarModel, predict, task_loss
 
 log = logging.getLogger(__name__)
@@ -199,10 +199,17 @@ def run(config: ExperimentConfig, runs_root: Path = Path("runs"), data_root: Pat
         if result.get("config_hash") == config.hash():
             log.info("%s: finished earlier, %.2f +- %.2f%%", config.name, result["accuracy"], result["ci95"])
             return result
-        raise ConfigError(f"{result_path} was written by another version of {config.path}; move {directory} away to run again")
-    directory.mkdir(parents=True, exist_ok=True)
+        raise ConfigError(f"{result_path} was written with other settings than {config.path} and its --set values now give "
+                          f"(config hash {result.get('config_hash')}, now {config.hash()}); use the same settings, another "
+                          f"--set name=..., or move {directory} away to run again")
     device = choose_device(device_name)
     splits = build_splits(config, data_root)
+    for split, queries in (("train", config.queries), ("test", config.test_queries)):
+        labels = splits[split].labels
+        per_class = getattr(splits[split], "per_class", None) or int(np.bincount(np.asarray(labels)).min())
+        check_task(TaskSpec(config.ways, config.shots, queries), len(set(labels)), per_class,
+                   "meta-training" if split == "train" else "meta-test")
+    directory.mkdir(parents=True, exist_ok=True)
     model = train(config, splits, directory, device)
     accuracies, eval_seconds = evaluate(model, config, splits["test"], device)
     mean, half_width = confidence_interval(accuracies)

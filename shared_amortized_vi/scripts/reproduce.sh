@@ -24,7 +24,7 @@ if [[ -z "${CONFIGS:-}" ]]; then
   CONFIGS=$(ls "$FOLDER" | grep -v '_base.yaml$' | sed 's/\.yaml$//' | tr '\n' ' ')
 fi
 for config in $CONFIGS; do
-  if [[ ! -f "$FOLDER/$config.yaml" ]]; then
+  if [[ "$config" == _* || "$config" == */* || ! -f "$FOLDER/$config.yaml" ]]; then
     echo "error: no config $FOLDER/$config.yaml; available: $(ls "$FOLDER" | grep -v '_base.yaml$' | sed 's/\.yaml$//' | tr '\n' ' ')" >&2
     exit 2
   fi

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -148,3 +149,41 @@ def test_real_mirror_gives_964_and_659_characters(tmp_path) -> None:
     assert loaded["evaluation"].shape == (659, 20, 28, 28)
     first = tmp_path / "omniglot" / "images_background" / "Alphabet_of_the_Magi" / "character01" / "0709_01.png"
     assert first.exists()
+
+
+def test_official_zips_are_extracted_into_place(small_sets, tmp_path, monkeypatch) -> None:
+    mirror, arrays = small_sets
+    layout = data.prepare_omniglot(tmp_path / "layout", mirrors=[str(mirror)])
+    zips = tmp_path / "zip-mirror" / "omniglot"
+    zips.mkdir(parents=True)
+    specs = {}
+    for name, spec in data.OMNIGLOT_SETS.items():
+        archive = shutil.make_archive(str(zips / spec.folder), "zip", root_dir=layout, base_dir=spec.folder)
+        md5 = hashlib.md5(Path(archive).read_bytes()).hexdigest()
+        specs[name] = OmniglotSet(name, spec.characters, md5, spec.arrays_sha256)
+    monkeypatch.setattr(data, "OMNIGLOT_SETS", specs)
+
+    base = data.prepare_omniglot(tmp_path / "root", mirrors=[str(zips.parent)])
+
+    png = base / "images_background" / "Alphabet_1" / "character02" / "0002_07.png"
+    assert np.array_equal(np.asarray(Image.open(png)), arrays["background"][1, 6])
+    assert not (base / "images_background.extracted").exists()
+
+
+def test_bad_first_mirror_falls_through_to_good_one(small_sets, tmp_path) -> None:
+    mirror, _ = small_sets
+    bad = tmp_path / "bad-mirror" / "omniglot"
+    bad.mkdir(parents=True)
+    for file in (mirror / "omniglot").iterdir():
+        bad.joinpath(file.name).write_bytes(file.read_bytes()[:500])
+    base = data.prepare_omniglot(tmp_path / "root", mirrors=[str(bad.parent), str(mirror)])
+    assert data._count_characters(base / "images_background") == 3
+
+
+def test_unreadable_png_is_named(small_sets, tmp_path) -> None:
+    mirror, _ = small_sets
+    base = data.prepare_omniglot(tmp_path / "root", mirrors=[str(mirror)])
+    broken = base / "images_evaluation" / "Alphabet_0" / "character01" / "0001_05.png"
+    broken.write_bytes(b"")
+    with pytest.raises(ValueError, match="cannot read .*0001_05.png"):
+        data.load_omniglot(tmp_path / "root", mirrors=[str(mirror)])

@@ -100,3 +100,20 @@ def test_cli_reports_unsatisfiable_task(tiny_omniglot, tmp_path, capsys) -> None
     code = train.main(["--config", str(CONFIG), "--runs-root", str(tmp_path), "--device", "cpu", "--set", "ways=20"])
     assert code == 2
     assert "20-way tasks need 20 classes, but the meta-training split has 10" in capsys.readouterr().err
+
+
+def test_impossible_test_task_stops_before_training(tiny_omniglot, tmp_path) -> None:
+    with pytest.raises(ValueError, match="8-way tasks need 8 classes, but the meta-test split has 7"):
+        train.run(config(ways=8), tmp_path, device_name="cpu")
+    assert not (tmp_path / "shared_amortized_vi").exists()
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"name": "../../escape"}, "must be a plain folder name"),
+    ({"test_tasks": 1}, "test_tasks must be >= 2"),
+    ({"seed": -1}, "seed must be >= 0"),
+    ({"data_sha256": "train=" + "a" * 64 + ",foo"}, "train=HEX,validation=HEX,test=HEX"),
+])
+def test_unsafe_or_malformed_values_are_rejected(changes, message) -> None:
+    with pytest.raises(ConfigError, match=message):
+        config(**changes)
