@@ -61,7 +61,12 @@ def build_splits(config: ExperimentConfig, root: Path | None = None) -> dict[str
     digest = config.data_sha256
     if digest and "=" in digest:
         digest = dict(part.split("=", 1) for part in digest.split(","))
-    splits = build_paper_splits(config.dataset, root=root, sha256=digest)
+    try:
+        splits = build_paper_splits(config.dataset, root=root, sha256=digest)
+    except (ValueError, FileNotFoundError, DownloadError) as error:
+        # The loader names its Python arguments; say what they are called on the command line.
+        raise type(error)(f"{error}\nOn the command line, sha256= is the config key data_sha256 (--set data_sha256=...) "
+                          "and root= is --data-root.") from error
     return {"train": splits["train"], "test": splits["test"]}
 
 

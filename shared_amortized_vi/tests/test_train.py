@@ -117,3 +117,10 @@ def test_impossible_test_task_stops_before_training(tiny_omniglot, tmp_path) -> 
 def test_unsafe_or_malformed_values_are_rejected(changes, message) -> None:
     with pytest.raises(ConfigError, match=message):
         config(**changes)
+
+
+def test_paper_data_error_names_the_command_line_keys(tmp_path, capsys) -> None:
+    paper_config = "shared_amortized_vi/configs/paper/cifarfs_samovar_1shot.yaml"
+    code = train.main(["--config", paper_config, "--runs-root", str(tmp_path), "--device", "cpu", "--data-root", str(tmp_path / "none")])
+    assert code == 2
+    assert "--data-root" in capsys.readouterr().err
