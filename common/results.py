@@ -29,7 +29,10 @@ RECORDED_PACKAGES = ("torch", "torchvision", "numpy", "mlxtend")
 
 
 def default_file_mode() -> int:
-    """The mode a plain open() would give a new file: 0o666 less the process umask (mkstemp gives 0o600)."""
+    """Return the mode that a plain open() gives a new file: 0o666 less the process umask.
+
+    tempfile.mkstemp creates files with 0o600 instead.
+    """
     umask = os.umask(0)
     os.umask(umask)
     return 0o666 & ~umask

@@ -2,9 +2,10 @@
 
     python -m modulation_adapters.paper --config modulation_adapters/configs/paper/decathlon.yaml
 
-The recipe of the residual-adapter line (see the README): SGD with momentum
-0.9, learning rate 0.1 divided by 10 at epochs 80 and 100 of 120, batch 128,
-weight decay 5e-4 on the heads and 1e-4 on the other per-domain parameters.
+Training follows the recipe of the residual-adapter code. It uses SGD with
+momentum 0.9 and batch 128 for 120 epochs, with the learning rate 0.1 divided
+by 10 at epochs 80 and 100. Weight decay is 5e-4 on the heads and 1e-4 on the
+other per-domain parameters.
 
 A run writes runs/modulation_adapters/paper/<name>/seed<k>/: backbone.safetensors
 (the ImageNet-12 backbone, published or trained here), one <entry>.json record

@@ -15,7 +15,7 @@ BACKBONES = ("conv4", "resnet12")
 
 @dataclasses.dataclass(frozen=True)
 class ModelOptions:
-    """Choices the paper's text did not fix (see the README): all default to this repository's picks."""
+    """Model choices that the paper's available text does not fix, with this repository's defaults (listed in the README)."""
 
     conv4_hidden: int = 64
     inference_hidden: tuple[int, ...] = (512,)
@@ -55,8 +55,8 @@ class ExperimentConfig:
     test_tasks: int = 600
     seed: int = 0
     precision: str = "fp32"
-    # SHA-256 of the paper datasets' downloads (no checksums are published): one digest for cifarfs and
-    # fc100, "train=HEX,validation=HEX,test=HEX" for mini-imagenet's three files. Not needed with --data-root.
+    # SHA-256 of a paper dataset's download, because its sources publish no checksum. cifarfs and fc100 take one
+    # digest, mini-imagenet "train=HEX,validation=HEX,test=HEX" for its three files. Not needed with --data-root.
     data_sha256: str | None = None
     model: ModelOptions = ModelOptions()
     train: TrainOptions = TrainOptions()

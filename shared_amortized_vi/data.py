@@ -148,7 +148,7 @@ def prepare_omniglot(root: Path | None = None, mirrors: list[str] | None = None)
             break
         else:
             if mirror_errors:
-                raise ChecksumError("no mirror holds a valid array copy of Omniglot's "
+                raise ChecksumError("no mirror contains a valid array copy of Omniglot's "
                                     f"{spec.folder}:\n" + "\n".join(mirror_errors))
             try:
                 archive = fetch(f"{OMNIGLOT_URL}/{spec.folder}.zip", f"omniglot/{spec.folder}.zip", md5=spec.zip_md5,

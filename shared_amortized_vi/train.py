@@ -64,7 +64,7 @@ def build_splits(config: ExperimentConfig, root: Path | None = None) -> dict[str
     try:
         splits = build_paper_splits(config.dataset, root=root, sha256=digest)
     except (ValueError, FileNotFoundError, DownloadError) as error:
-        # The loader names its Python arguments; say what they are called on the command line.
+        # The loader's messages name its Python arguments, so add their command-line names.
         raise type(error)(f"{error}\nOn the command line, sha256= is the config key data_sha256 (--set data_sha256=...) "
                           "and root= is --data-root.") from error
     return {"train": splits["train"], "test": splits["test"]}
@@ -236,7 +236,10 @@ def run(config: ExperimentConfig, runs_root: Path = Path("runs"), data_root: Pat
 
 
 def _relative_variance(entry: dict) -> float | None:
-    """The prior's mean variance over its mean squared mean: how wide the prior is at the scale of its means."""
+    """Return the prior's mean variance divided by its mean squared mean, or None when either is missing.
+
+    This is the width of the prior at the scale of its means.
+    """
     variance, square = entry.get("prior_variance"), entry.get("prior_mean_square")
     return None if variance is None or not square else variance / square
 
@@ -248,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=None, help="training seed (default: the config's)")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override config keys, e.g. train.steps=100")
     parser.add_argument("--runs-root", type=Path, default=Path("runs"))
-    parser.add_argument("--data-root", type=Path, default=None, help="omniglot: the folder that holds omniglot/ (default: $REPRO_DATA or ~/.cache/repro-papers); "
+    parser.add_argument("--data-root", type=Path, default=None, help="omniglot: the folder that contains omniglot/ (default: $REPRO_DATA or ~/.cache/repro-papers); "
                         "paper datasets: a local copy of the dataset (default: download into $REPRO_DATA)")
     parser.add_argument("--device", default="auto")
     args = parser.parse_args(argv)

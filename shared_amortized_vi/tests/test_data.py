@@ -99,7 +99,7 @@ def classes(count=12, per_class=20, size=8):
     return ImageClasses(torch.randint(0, 256, (count, per_class, size, size), dtype=torch.uint8))
 
 
-def test_task_has_k_shots_and_q_queries_per_class() -> None:
+def test_task_sizes_per_class() -> None:
     sampler = TaskSampler(classes(), TaskSpec(ways=5, shots=2, queries=3), "train")
     support_x, support_y, query_x, query_y = sampler.sample()
     assert support_x.shape == (10, 1, 8, 8)
@@ -108,7 +108,7 @@ def test_task_has_k_shots_and_q_queries_per_class() -> None:
     assert torch.equal(torch.bincount(query_y), torch.full((5,), 3))
 
 
-def test_support_and_query_images_are_distinct_and_labels_consistent() -> None:
+def test_task_images_distinct_labels_consistent() -> None:
     dataset = classes(count=6, per_class=20, size=3)
     dataset.images = torch.arange(6 * 20 * 9).view(6, 20, 3, 3).to(torch.int32)  # every image unique
     sampler = TaskSampler(dataset, TaskSpec(ways=3, shots=2, queries=4), "train")
